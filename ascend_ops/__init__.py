@@ -1,0 +1,64 @@
+"""Fused attention for mindedit: one cell, three faces.
+
+``FusedAttention(scale, window, sink_tokens)`` is what model code holds and calls as ``attn(q, k, v, sink)``.
+Contract (every face implements exactly this):
+
+    q [B, H, Tq, D], k [B, Hk, Tk, D], v [B, Hk, Tk, Dv], H % Hk == 0 (GQA: head h reads kv head h // (H // Hk)).
+    Query row i sits at absolute position p = Tk - Tq + i; keys are positions 0..Tk-1 (a decode step with a cache
+    is Tq = 1 against the whole cache). Key j is visible to p iff j <= p and (window == 0 or p - j < window or
+    j < sink_tokens). ``sink`` [H], when given, is a learnable per-head logit: an extra softmax column whose value
+    is zero (it absorbs probability mass). ``kv_len`` (int32 tensor [1], optional) says how many of the stored
+    keys are valid, for fixed-capacity caches under graph mode: then Tk = kv_len and later slots are ignored.
+    Returns o [B, H, Tq, Dv] in q's dtype; computed in float32.
+
+Faces:
+- ``reference``: plain MindSpore ops, materialises the scores; the oracle in tests.
+- ``cpu``: a blockwise online-softmax C++ kernel through ``ops.Custom`` AOT, with a backward; memory O(T) per
+  head. This is what makes long contexts fit on the CPU backend.
+- Ascend 910B: a Triton-Ascend kernel is planned in this package (see docs/environment.md). Until it exists
+  the dispatcher uses the reference on Ascend: no NPU or CANN is available to this project to build or time it.
+
+The face is chosen when the cell is built, from the device target; ``MINDEDIT_ATTENTION=reference|cpu`` forces
+one (tests, benchmarks). Both faces are graph-mode (``ms.jit``) compatible.
+"""
+import os
+
+import mindspore as ms
+from mindspore import nn, ops
+
+from .reference import attention_reference
+
+__all__ = ["FusedAttention", "attention_reference", "backend"]
+FACES = ("reference", "cpu")
+
+
+def backend() -> str:
+    forced = os.environ.get("MINDEDIT_ATTENTION")
+    if forced:
+        if forced not in FACES:
+            raise ValueError(f"MINDEDIT_ATTENTION={forced!r}: expected one of {FACES}")
+        return forced
+    return "cpu" if ms.get_context("device_target") == "CPU" else "reference"
+
+
+class FusedAttention(nn.Cell):
+    def __init__(self, scale: float, window: int = 0, sink_tokens: int = 0, use_sink: bool = False, face=None):
+        super().__init__()
+        self.scale, self.window, self.sink_tokens = float(scale), int(window), int(sink_tokens)
+        self.face = face or backend()
+        if self.face == "cpu":
+            from .cpu_kernel import flash_attention_op, kernel_constants
+            self.op = flash_attention_op()
+            self.meta, self.scale_t = kernel_constants(self.scale, self.window, self.sink_tokens, use_sink)
+
+    def construct(self, q, k, v, sink=None, kv_len=None):
+        f32 = ms.float32
+        if self.face == "cpu":
+            s = ops.zeros((q.shape[1],), f32) if sink is None else sink.astype(f32)
+            n = ops.full((1,), k.shape[2], dtype=ms.int32) if kv_len is None else kv_len.astype(ms.int32)
+            o, _ = self.op(q.astype(f32), k.astype(f32), v.astype(f32), s, self.meta, self.scale_t, n)
+        else:
+            o, _ = attention_reference(q.astype(f32), k.astype(f32), v.astype(f32),
+                                       None if sink is None else sink.astype(f32),
+                                       self.scale, self.window, self.sink_tokens, kv_len)
+        return o.astype(q.dtype)

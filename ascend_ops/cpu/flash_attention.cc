@@ -1,0 +1,347 @@
+// Blockwise (online-softmax) causal attention for the MindSpore CPU backend, loaded by ops.Custom(func_type="aot").
+//
+// Why it exists: MindSpore's CPU graph mode keeps every layer's T x T score buffers alive (measured 340 MB per
+// layer at 1,024 tokens, out of memory at 2,048 for a 30-layer model). This kernel keeps one score tile per
+// thread, so attention memory is O(T) per head: the output and a per-row log-sum-exp for the backward pass.
+//
+// Contract (the same as ascend_ops/reference.py, which is the oracle in tests):
+//   q [B, H, Tq, D], k [B, Hk, Ts, D], v [B, Hk, Ts, Dv]  float32, H % Hk == 0 (GQA: head h reads kv head h / (H/Hk))
+//   sink [H] float32: per-head sink logit, an extra softmax column with a zero value (used when meta[2] != 0)
+//   meta [4] int32: {window, sink_tokens, use_sink_logit, unused}
+//   scale [1] float32
+//   kv_len [1] int32: how many of the Ts stored keys are valid (a fixed-capacity cache); Tk = kv_len below
+// Query row i sits at absolute position p = Tk - Tq + i (keys are positions 0..Tk-1). Key j is visible iff
+//   j <= p  and  (window == 0 or p - j < window or j < sink_tokens).
+// Outputs: o [B, H, Tq, Dv], lse [B, H, Tq] (natural log of the softmax denominator, sink column included).
+// Backward: dq, dk, dv, dsink from (q, k, v, sink, o, lse, do), recomputing the probabilities tile by tile.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace {
+
+// Portable SIMD through GCC vector extensions: AVX2/AVX-512 on x86 hosts, NEON on the Kunpeng hosts of 910B servers.
+typedef float vf __attribute__((vector_size(32)));
+typedef int32_t vi __attribute__((vector_size(32)));
+constexpr int64_t kLanes = 8;
+constexpr int64_t kBQ = 32;   // query rows per tile (multiple of 4)
+constexpr int64_t kBK = 64;   // keys per tile (multiple of 16)
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+inline vf vload(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
+inline void vstore(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+inline vf vset(float x) { return vf{x, x, x, x, x, x, x, x}; }
+inline int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
+
+// exp with Cephes' polynomial (relative error ~1e-7); exactly 0 below -87 so masked scores give zero probability.
+inline vf vexp(vf x) {
+  const vi under = x < vset(-87.f);
+  x = x < vset(-87.f) ? vset(-87.f) : x;
+  x = x > vset(88.f) ? vset(88.f) : x;
+  const vf t = x * vset(1.44269504088896341f) + vset(0.5f);
+  vi n = __builtin_convertvector(t, vi);
+  n += (__builtin_convertvector(n, vf) > t);      // truncation -> floor (true is -1)
+  const vf nf = __builtin_convertvector(n, vf);
+  const vf r = x - nf * vset(0.693359375f) + nf * vset(2.12194440e-4f);
+  vf y = vset(1.9875691500e-4f);
+  y = y * r + vset(1.3981999507e-3f);
+  y = y * r + vset(8.3334519073e-3f);
+  y = y * r + vset(4.1665795894e-2f);
+  y = y * r + vset(1.6666665459e-1f);
+  y = y * r + vset(5.0000001201e-1f);
+  y = y * r * r + r + vset(1.f);
+  const vf pow2n = (vf)((n + 127) << 23);
+  const vf res = y * pow2n;
+  return under ? vset(0.f) : res;
+}
+
+// C[M][N] += A[M][K] @ B[K][N], row-major with leading dimensions; M % 4 == 0, N % 16 == 0.
+// A 4 x 16 register block: 8 accumulators, 2 loads of B and 4 broadcasts of A per 8 FMAs.
+void gemm_acc(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+              int64_t ldc) {
+  for (int64_t i = 0; i < M; i += 4) {
+    for (int64_t j = 0; j < N; j += 16) {
+      float* c = C + i * ldc + j;
+      vf c00 = vload(c), c01 = vload(c + 8), c10 = vload(c + ldc), c11 = vload(c + ldc + 8);
+      vf c20 = vload(c + 2 * ldc), c21 = vload(c + 2 * ldc + 8), c30 = vload(c + 3 * ldc), c31 = vload(c + 3 * ldc + 8);
+      const float* a = A + i * lda;
+      for (int64_t p = 0; p < K; ++p) {
+        const vf b0 = vload(B + p * ldb + j), b1 = vload(B + p * ldb + j + 8);
+        vf x = vset(a[p]);
+        c00 += x * b0; c01 += x * b1;
+        x = vset(a[lda + p]);
+        c10 += x * b0; c11 += x * b1;
+        x = vset(a[2 * lda + p]);
+        c20 += x * b0; c21 += x * b1;
+        x = vset(a[3 * lda + p]);
+        c30 += x * b0; c31 += x * b1;
+      }
+      vstore(c, c00); vstore(c + 8, c01); vstore(c + ldc, c10); vstore(c + ldc + 8, c11);
+      vstore(c + 2 * ldc, c20); vstore(c + 2 * ldc + 8, c21); vstore(c + 3 * ldc, c30); vstore(c + 3 * ldc + 8, c31);
+    }
+  }
+}
+
+// dst[rows][ld] <- src[n][cols] (row stride cols), zero-padded to rows x ld.
+void copy_pad(const float* src, int64_t n, int64_t cols, int64_t rows, int64_t ld, float* dst) {
+  std::fill(dst, dst + rows * ld, 0.f);
+  for (int64_t r = 0; r < n; ++r) std::memcpy(dst + r * ld, src + r * cols, sizeof(float) * cols);
+}
+
+// dst[cols][ld] <- transpose of src[n][cols], zero-padded to ld columns.
+void copy_transpose(const float* src, int64_t n, int64_t cols, int64_t ld, float* dst) {
+  std::fill(dst, dst + cols * ld, 0.f);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t e = 0; e < cols; ++e) dst[e * ld + r] = src[r * cols + e];
+}
+
+struct Dims {
+  int64_t B, H, Hk, Tq, Tk, Ts, D, Dv;   // Tk: valid keys (kv_len), Ts: stored keys (buffer length)
+  int window, sink_tokens, use_sink;
+  float scale;
+  int64_t q_offset() const { return Tk - Tq; }
+};
+
+inline bool visible(const Dims& d, int64_t p, int64_t j) {
+  return j <= p && (d.window <= 0 || p - j < d.window || j < d.sink_tokens);
+}
+
+// Does any key in [k0, k1) fall in the view of any query position in [p0, p1]?
+inline bool tile_visible(const Dims& d, int64_t p0, int64_t p1, int64_t k0, int64_t k1) {
+  if (k0 > p1) return false;                       // entirely in the future
+  if (d.window <= 0 || k0 < d.sink_tokens) return true;
+  return k1 - 1 > p0 - d.window;                   // some key inside the first row's window
+}
+
+// Is every (row, key) pair of the tile visible? Then the mask can be skipped.
+inline bool tile_full(const Dims& d, int64_t p0, int64_t p1, int64_t k0, int64_t k1) {
+  if (k1 - 1 > p0) return false;
+  return d.window <= 0 || k1 - 1 < d.sink_tokens || p1 - k0 < d.window;
+}
+
+// S = scale * Qp Kt over one tile, then -inf where a key is not visible (or is padding).
+void tile_scores(const Dims& d, const float* Qp, int64_t Dp, const float* Kt, int64_t ldk, int64_t p0, int64_t nq,
+                 int64_t k0, int64_t nk, float* S) {
+  std::fill(S, S + kBQ * kBK, 0.f);
+  gemm_acc(kBQ, kBK, d.D, Qp, Dp, Kt, ldk, S, kBK);
+  const bool full = nk == kBK && tile_full(d, p0, p0 + nq - 1, k0, k0 + nk);
+  for (int64_t r = 0; r < kBQ; ++r) {
+    float* s = S + r * kBK;
+    for (int64_t c = 0; c < kBK; c += kLanes) vstore(s + c, vload(s + c) * vset(d.scale));
+    if (full) continue;
+    for (int64_t c = 0; c < kBK; ++c)
+      if (r >= nq || c >= nk || !visible(d, p0 + r, k0 + c)) s[c] = kNegInf;
+  }
+}
+
+// Keys are packed as transposed tiles [Tkp / kBK][D][kBK] and values padded to [Tkp][Dvp] once per
+// (batch, kv head), so every tile is a view for gemm_acc (Tkp = Tk rounded up to whole tiles; padding is zero).
+void forward(const Dims& d, const float* q, const float* k, const float* v, const float* sink, float* o, float* lse) {
+  const int64_t group = d.H / d.Hk, Dp = round16(d.D), Dvp = round16(d.Dv);
+  const int64_t Tkp = (d.Tk + kBK - 1) / kBK * kBK;
+  const int64_t nqb = (d.Tq + kBQ - 1) / kBQ;
+  const int64_t ntasks = d.B * d.H * nqb;
+  std::vector<float> kt_all(d.B * d.Hk * d.D * Tkp, 0.f), vp_all(d.B * d.Hk * Tkp * Dvp, 0.f);
+#pragma omp parallel
+  {
+#pragma omp for
+    for (int64_t bhk = 0; bhk < d.B * d.Hk; ++bhk) {
+      for (int64_t k0 = 0; k0 < d.Tk; k0 += kBK)
+        copy_transpose(k + (bhk * d.Ts + k0) * d.D, std::min(kBK, d.Tk - k0), d.D, kBK,
+                       kt_all.data() + bhk * d.D * Tkp + k0 * d.D);
+      copy_pad(v + bhk * d.Ts * d.Dv, d.Tk, d.Dv, Tkp, Dvp, vp_all.data() + bhk * Tkp * Dvp);
+    }
+    std::vector<float> Qp(kBQ * Dp), S(kBQ * kBK), acc(kBQ * Dvp), m(kBQ), l(kBQ);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < ntasks; ++task) {
+      // Later query tiles see more keys: hand them out first for balance.
+      const int64_t qb = nqb - 1 - task % nqb, bh = task / nqb, h = bh % d.H, b = bh / d.H;
+      const int64_t bhk = b * d.Hk + h / group;
+      const float* kt = kt_all.data() + bhk * d.D * Tkp;
+      const float* vp = vp_all.data() + bhk * Tkp * Dvp;
+      const int64_t i0 = qb * kBQ, nq = std::min(kBQ, d.Tq - i0);
+      const int64_t p0 = d.q_offset() + i0, p1 = p0 + nq - 1;
+      copy_pad(q + (bh * d.Tq + i0) * d.D, nq, d.D, kBQ, Dp, Qp.data());
+      const float s0 = d.use_sink ? sink[h] : kNegInf;
+      for (int64_t r = 0; r < kBQ; ++r) { m[r] = s0; l[r] = d.use_sink ? 1.f : 0.f; }
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t k0 = 0; k0 <= p1; k0 += kBK) {
+        const int64_t nk = std::min(kBK, d.Tk - k0);
+        if (!tile_visible(d, p0, p1, k0, k0 + nk)) continue;
+        tile_scores(d, Qp.data(), Dp, kt + k0 * d.D, kBK, p0, nq, k0, nk, S.data());
+        for (int64_t r = 0; r < nq; ++r) {
+          float* s = S.data() + r * kBK;
+          vf vm = vset(m[r]);
+          for (int64_t c = 0; c < kBK; c += kLanes) { const vf x = vload(s + c); vm = vm > x ? vm : x; }
+          float mx = vm[0];
+          for (int64_t e = 1; e < kLanes; ++e) mx = std::max(mx, vm[e]);
+          float* a = acc.data() + r * Dvp;
+          if (mx == kNegInf) {                      // nothing visible in this row yet
+            std::fill(s, s + kBK, 0.f);
+            continue;
+          }
+          const float corr = std::exp(m[r] - mx);
+          vf vs = vset(0.f);
+          for (int64_t c = 0; c < kBK; c += kLanes) {
+            const vf p = vexp(vload(s + c) - vset(mx));
+            vstore(s + c, p);
+            vs += p;
+          }
+          float sum = 0.f;
+          for (int64_t e = 0; e < kLanes; ++e) sum += vs[e];
+          l[r] = l[r] * corr + sum;
+          m[r] = mx;
+          if (corr != 1.f)
+            for (int64_t e = 0; e < Dvp; e += kLanes) vstore(a + e, vload(a + e) * vset(corr));
+        }
+        for (int64_t r = nq; r < kBQ; ++r) std::fill(S.data() + r * kBK, S.data() + (r + 1) * kBK, 0.f);
+        gemm_acc(kBQ, Dvp, kBK, S.data(), kBK, vp + k0 * Dvp, Dvp, acc.data(), Dvp);
+      }
+      for (int64_t r = 0; r < nq; ++r) {
+        float* out = o + (bh * d.Tq + i0 + r) * d.Dv;
+        const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+        for (int64_t e = 0; e < d.Dv; ++e) out[e] = acc[r * Dvp + e] * inv;
+        lse[bh * d.Tq + i0 + r] = l[r] > 0.f ? m[r] + std::log(l[r]) : kNegInf;
+      }
+    }
+  }
+}
+
+// One task per (batch, kv head): it owns dk/dv of that head and dq of the query heads in its group, so no writes
+// race. Key tiles are the outer loop (FlashAttention-2 order): a tile's dK/dV stay in a local buffer.
+void backward(const Dims& d, const float* q, const float* k, const float* v, const float* sink, const float* o,
+              const float* lse, const float* dout, float* dq, float* dk, float* dv, float* dsink) {
+  const int64_t group = d.H / d.Hk, Dp = round16(d.D), Dvp = round16(d.Dv);
+  std::memset(dq, 0, sizeof(float) * d.B * d.H * d.Tq * d.D);
+  std::memset(dk, 0, sizeof(float) * d.B * d.Hk * d.Ts * d.D);
+  std::memset(dv, 0, sizeof(float) * d.B * d.Hk * d.Ts * d.Dv);
+  std::vector<float> delta_all(d.B * d.H * d.Tq), dsink_b(d.B * d.H, 0.f);
+  // delta_i = dO_i . O_i, the softmax backward's row term; the sink column's gradient is -sum_i p_sink,i delta_i.
+  for (int64_t bh = 0; bh < d.B * d.H; ++bh)
+    for (int64_t i = 0; i < d.Tq; ++i) {
+      float acc = 0.f;
+      const float* a = dout + (bh * d.Tq + i) * d.Dv;
+      const float* b = o + (bh * d.Tq + i) * d.Dv;
+      for (int64_t e = 0; e < d.Dv; ++e) acc += a[e] * b[e];
+      delta_all[bh * d.Tq + i] = acc;
+      const float L = lse[bh * d.Tq + i];
+      if (d.use_sink && L != kNegInf) dsink_b[bh] -= std::exp(sink[bh % d.H] - L) * acc;
+    }
+#pragma omp parallel
+  {
+    std::vector<float> Qp(kBQ * Dp), dOp(kBQ * Dvp), Kt(d.D * kBK), Kp(kBK * Dp), Vt(d.Dv * kBK);
+    std::vector<float> S(kBQ * kBK), dS(kBQ * kBK), Pt(kBK * kBQ), dSt(kBK * kBQ), dKt(kBK * Dp), dVt(kBK * Dvp);
+    std::vector<float> dQt(kBQ * Dp);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < d.B * d.Hk; ++task) {
+      const int64_t b = task / d.Hk, hk = task % d.Hk;
+      const float* kh = k + ((b * d.Hk + hk) * d.Ts) * d.D;
+      const float* vh = v + ((b * d.Hk + hk) * d.Ts) * d.Dv;
+      for (int64_t k0 = 0; k0 < d.Tk; k0 += kBK) {
+        const int64_t nk = std::min(kBK, d.Tk - k0);
+        copy_transpose(kh + k0 * d.D, nk, d.D, kBK, Kt.data());
+        copy_pad(kh + k0 * d.D, nk, d.D, kBK, Dp, Kp.data());
+        copy_transpose(vh + k0 * d.Dv, nk, d.Dv, kBK, Vt.data());
+        std::fill(dKt.begin(), dKt.end(), 0.f);
+        std::fill(dVt.begin(), dVt.end(), 0.f);
+        for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+          const int64_t bh = b * d.H + h;
+          for (int64_t i0 = 0; i0 < d.Tq; i0 += kBQ) {
+            const int64_t nq = std::min(kBQ, d.Tq - i0);
+            const int64_t p0 = d.q_offset() + i0, p1 = p0 + nq - 1;
+            if (!tile_visible(d, p0, p1, k0, k0 + nk)) continue;
+            copy_pad(q + (bh * d.Tq + i0) * d.D, nq, d.D, kBQ, Dp, Qp.data());
+            copy_pad(dout + (bh * d.Tq + i0) * d.Dv, nq, d.Dv, kBQ, Dvp, dOp.data());
+            tile_scores(d, Qp.data(), Dp, Kt.data(), kBK, p0, nq, k0, nk, S.data());
+            std::fill(dS.begin(), dS.end(), 0.f);
+            gemm_acc(kBQ, kBK, d.Dv, dOp.data(), Dvp, Vt.data(), kBK, dS.data(), kBK);   // dP = dO V^T
+            for (int64_t r = 0; r < kBQ; ++r) {
+              float* s = S.data() + r * kBK;
+              float* ds = dS.data() + r * kBK;
+              const float L = r < nq ? lse[bh * d.Tq + i0 + r] : kNegInf;
+              if (L == kNegInf) {
+                std::fill(s, s + kBK, 0.f);
+                std::fill(ds, ds + kBK, 0.f);
+                continue;
+              }
+              const vf dl = vset(delta_all[bh * d.Tq + i0 + r]);
+              for (int64_t c = 0; c < kBK; c += kLanes) {
+                const vf p = vexp(vload(s + c) - vset(L));
+                vstore(s + c, p);                                              // P
+                vstore(ds + c, p * (vload(ds + c) - dl) * vset(d.scale));      // dS, softmax scale folded in
+              }
+            }
+            for (int64_t r = 0; r < kBQ; ++r)
+              for (int64_t c = 0; c < kBK; ++c) {
+                Pt[c * kBQ + r] = S[r * kBK + c];
+                dSt[c * kBQ + r] = dS[r * kBK + c];
+              }
+            gemm_acc(kBK, Dvp, kBQ, Pt.data(), kBQ, dOp.data(), Dvp, dVt.data(), Dvp);   // dV += P^T dO
+            gemm_acc(kBK, Dp, kBQ, dSt.data(), kBQ, Qp.data(), Dp, dKt.data(), Dp);      // dK += dS^T Q
+            std::fill(dQt.begin(), dQt.end(), 0.f);
+            gemm_acc(kBQ, Dp, kBK, dS.data(), kBK, Kp.data(), Dp, dQt.data(), Dp);       // dQ += dS K
+            for (int64_t r = 0; r < nq; ++r) {
+              float* dqr = dq + (bh * d.Tq + i0 + r) * d.D;
+              for (int64_t e = 0; e < d.D; ++e) dqr[e] += dQt[r * Dp + e];
+            }
+          }
+        }
+        for (int64_t c = 0; c < nk; ++c) {
+          std::memcpy(dk + ((b * d.Hk + hk) * d.Ts + k0 + c) * d.D, dKt.data() + c * Dp, sizeof(float) * d.D);
+          std::memcpy(dv + ((b * d.Hk + hk) * d.Ts + k0 + c) * d.Dv, dVt.data() + c * Dvp, sizeof(float) * d.Dv);
+        }
+      }
+    }
+  }
+  for (int64_t h = 0; h < d.H; ++h) {
+    float acc = 0.f;
+    for (int64_t b = 0; b < d.B; ++b) acc += dsink_b[b * d.H + h];
+    dsink[h] = acc;
+  }
+}
+
+Dims read_dims(int64_t** shapes, const void* meta_p, const void* scale_p, const void* kv_len_p) {
+  const int32_t* meta = static_cast<const int32_t*>(meta_p);
+  Dims d;
+  d.B = shapes[0][0]; d.H = shapes[0][1]; d.Tq = shapes[0][2]; d.D = shapes[0][3];
+  d.Hk = shapes[1][1]; d.Ts = shapes[1][2]; d.Dv = shapes[2][3];
+  d.Tk = std::min<int64_t>(d.Ts, std::max<int64_t>(d.Tq, *static_cast<const int32_t*>(kv_len_p)));
+  d.window = meta[0]; d.sink_tokens = meta[1]; d.use_sink = meta[2];
+  d.scale = *static_cast<const float*>(scale_p);
+  return d;
+}
+
+}  // namespace
+
+extern "C" {
+
+// params: q, k, v, sink, meta, scale, kv_len | o, lse
+int FlashAttentionForward(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void* stream,
+                          void* extra) {
+  if (nparam != 9) return 1;
+  const Dims d = read_dims(shapes, params[4], params[5], params[6]);
+  if (d.H % d.Hk != 0) return 2;
+  forward(d, static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
+          static_cast<const float*>(params[2]), static_cast<const float*>(params[3]), static_cast<float*>(params[7]),
+          static_cast<float*>(params[8]));
+  return 0;
+}
+
+// params: q, k, v, sink, meta, scale, kv_len, o, lse, do | dq, dk, dv, dsink
+int FlashAttentionBackward(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void* stream,
+                           void* extra) {
+  if (nparam != 14) return 1;
+  const Dims d = read_dims(shapes, params[4], params[5], params[6]);
+  if (d.H % d.Hk != 0) return 2;
+  backward(d, static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
+           static_cast<const float*>(params[2]), static_cast<const float*>(params[3]),
+           static_cast<const float*>(params[7]), static_cast<const float*>(params[8]),
+           static_cast<const float*>(params[9]), static_cast<float*>(params[10]), static_cast<float*>(params[11]),
+           static_cast<float*>(params[12]), static_cast<float*>(params[13]));
+  return 0;
+}
+
+}  // extern "C"

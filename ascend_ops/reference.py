@@ -1,0 +1,41 @@
+"""Attention in plain MindSpore ops: the oracle for every fused kernel in this package.
+
+Materialises the full [B, H, Tq, Tk] score tensor, so use it for tests and short sequences only.
+The contract (shapes, masking, sink logit) is documented in ``ascend_ops/__init__.py``. Written with
+MindSpore ops only, so it runs in PyNative and graph mode alike.
+"""
+import mindspore as ms
+from mindspore import mint, ops
+
+
+def visibility_mask(tq: int, tk: int, window: int = 0, sink_tokens: int = 0, kv_len=None):
+    """[tq, tk] bool: may query row i (absolute position kv_len - tq + i) see key j?
+    ``kv_len`` (int32 tensor [1], default tk) is how many stored keys are valid."""
+    n = tk if kv_len is None else kv_len.astype(ms.int64)
+    pos = (ops.arange(0, tq) + (n - tq)).reshape(tq, 1)
+    key = ops.arange(0, tk).reshape(1, tk)
+    seen = key <= pos
+    if window > 0:
+        seen = mint.logical_and(seen, mint.logical_or(pos - key < window, key < sink_tokens))
+    return seen
+
+
+def attention_reference(q, k, v, sink=None, scale: float = 1.0, window: int = 0, sink_tokens: int = 0, kv_len=None):
+    """Returns (o [B, H, Tq, Dv], lse [B, H, Tq])."""
+    b, h, tq, d = q.shape
+    hk, tk, dv = k.shape[1], k.shape[2], v.shape[3]
+    group = h // hk
+    if group > 1:
+        k = k.unsqueeze(2).broadcast_to((b, hk, group, tk, d)).reshape(b, h, tk, d)
+        v = v.unsqueeze(2).broadcast_to((b, hk, group, tk, dv)).reshape(b, h, tk, dv)
+    scores = mint.matmul(q, mint.transpose(k, 2, 3)) * scale
+    mask = visibility_mask(tq, tk, window, sink_tokens, kv_len)
+    scores = mint.where(mask, scores, ms.Tensor(float("-inf"), ms.float32))
+    if sink is not None:
+        col = sink.reshape(1, h, 1, 1).broadcast_to((b, h, tq, 1))
+        scores = mint.cat([scores, col], dim=-1)
+    lse = ops.logsumexp(scores, -1)
+    probs = mint.exp(scores - lse.unsqueeze(-1))
+    if sink is not None:
+        probs = probs[..., :tk]
+    return mint.matmul(probs, v), lse

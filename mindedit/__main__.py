@@ -1,0 +1,3 @@
+from mindedit.cli import main
+
+main()

@@ -1,0 +1,56 @@
+"""The source attention of Qwen3-family models: grouped-query attention with optional per-head q/k RMSNorm
+(Qwen3), optional q/k/v bias (Qwen2) and rotary positions. Parameter names follow HF (q_proj, ..., q_norm)."""
+from mindspore import nn
+
+from ascend_ops import FusedAttention
+from mindedit.attention.caches import kv_cache, write_slots
+from mindedit.layers import RMSNorm, Rotary, apply_rotary, linear
+
+
+class GQAAttention(nn.Cell):
+    def __init__(self, cfg, dtype):
+        super().__init__()
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
+        self.dtype = dtype
+        h, d = cfg.hidden_size, cfg.head_dim
+        self.q_proj = linear(h, self.num_heads * d, cfg.attention_bias, dtype)
+        self.k_proj = linear(h, self.num_kv_heads * d, cfg.attention_bias, dtype)
+        self.v_proj = linear(h, self.num_kv_heads * d, cfg.attention_bias, dtype)
+        self.o_proj = linear(self.num_heads * d, h, False, dtype)
+        self.qk_norm = cfg.qk_norm
+        if self.qk_norm:
+            self.q_norm = RMSNorm(d, cfg.rms_norm_eps, dtype)
+            self.k_norm = RMSNorm(d, cfg.rms_norm_eps, dtype)
+        self.rotary = Rotary(d, cfg.rope_theta)
+        self.attn = FusedAttention(d ** -0.5)
+
+    def init_cache(self, batch: int, capacity: int):
+        return kv_cache(batch, self.num_kv_heads, capacity, self.head_dim, self.head_dim, self.dtype)
+
+    def project(self, x, start=0):
+        """Queries, keys and values [B, heads, T, head_dim] with norms and rotary applied (positions from start)."""
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+        cos, sin = self.rotary.cos_sin(start, t)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def merge_heads(self, o):
+        b, _, t, _ = o.shape
+        return self.o_proj(o.transpose(0, 2, 1, 3).reshape(b, t, self.num_heads * self.head_dim))
+
+    def construct(self, x, cache=None, pos=None):
+        """Without a cache: out. With one (from ``init_cache``) and ``pos``: (out, updated cache)."""
+        if cache is None:
+            q, k, v = self.project(x)
+            return self.merge_heads(self.attn(q, k, v))
+        q, k, v = self.project(x, pos)
+        k_all, v_all = write_slots(cache[0], k, pos), write_slots(cache[1], v, pos)
+        o = self.attn(q, k_all, v_all, None, pos + x.shape[1])
+        return self.merge_heads(o), (k_all, v_all)

@@ -1,0 +1,88 @@
+"""``python -m mindedit``: the command-line face over mindedit's jobs and tools."""
+import argparse
+import json
+import sys
+
+
+def _model_and_tokenizer(args):
+    from mindedit.data import load_tokenizer
+    from mindedit.models import from_pretrained
+    tok_path = args.tokenizer or args.model
+    return from_pretrained(args.model, args.dtype), load_tokenizer(tok_path)
+
+
+def cmd_ppl(args):
+    from pathlib import Path
+    from mindedit.eval.perplexity import perplexity
+    text_path = Path(args.text)
+    try:
+        text = text_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SystemExit(f"error: --text {text_path}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise SystemExit(f"error: --text {text_path}: not UTF-8 text ({e})") from None
+    model, tok = _model_and_tokenizer(args)
+    ids = tok.encode(text, add_special_tokens=False).ids
+    result = perplexity(model, ids, args.seq_len, args.max_windows)
+    result.update(model=str(args.model), text=str(text_path))
+    print(json.dumps(result))
+
+
+def cmd_generate(args):
+    from mindedit.eval.generation import greedy_generate
+    model, tok = _model_and_tokenizer(args)
+    prompt = tok.encode(args.prompt, add_special_tokens=False).ids
+    out = greedy_generate(model, prompt, args.max_new_tokens, model.config.eos_ids, progress=True)
+    new = out["tokens"][0].tolist()
+    print(args.prompt + tok.decode(new))
+    decode_s = out["seconds"] - out["prefill_seconds"]
+    print(json.dumps({"prompt_tokens": len(prompt), "new_tokens": len(new), "seconds": round(out["seconds"], 3),
+                      "prefill_seconds": round(out["prefill_seconds"], 3),
+                      "decode_tokens_per_s": round((len(new) - 1) / decode_s, 2) if len(new) > 1 else None,
+                      "cache_bytes": out["cache_bytes"]}))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m mindedit",
+        description="mindedit converts a trained LLM's attention (Qwen3 family) into MLA or GateSWA by "
+                    "progressive distillation on MindSpore. Commands below; each has --help.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def model_args(sp):
+        sp.add_argument("--model", required=True, help="HF model directory (config.json + safetensors) or .gguf file")
+        sp.add_argument("--tokenizer", help="tokenizer.json, a directory with one, or a .gguf (default: --model)")
+        sp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="parameter dtype (default float32; bfloat16 for Ascend)")
+
+    sp = sub.add_parser("ppl", help="perplexity of a model on a text file",
+                        description="Perplexity over consecutive non-overlapping windows of --seq-len tokens from "
+                                    "the start of the tokenized file (no BOS added); each window scores its "
+                                    "seq_len-1 next-token predictions. Prints a progress bar, then one JSON line "
+                                    "with ppl and tokens (number of predictions).")
+    model_args(sp)
+    sp.add_argument("--text", required=True, help="UTF-8 text file")
+    sp.add_argument("--seq-len", type=int, default=512, help="tokens per window (default 512)")
+    sp.add_argument("--max-windows", type=int, default=0, help="at most this many windows (0: all)")
+    sp.set_defaults(func=cmd_ppl)
+
+    sp = sub.add_parser("generate", help="greedy generation with the KV cache",
+                        description="Greedy decoding with the model's per-layer caches; prints the text and a JSON "
+                                    "line with speed and cache bytes.")
+    model_args(sp)
+    sp.add_argument("--prompt", required=True, help="prompt text")
+    sp.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (default 32)")
+    sp.set_defaults(func=cmd_generate)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    for key in ("seq_len", "max_new_tokens"):
+        if getattr(args, key, 1) is not None and getattr(args, key, 1) < 1:
+            raise SystemExit(f"error: --{key.replace('_', '-')} must be >= 1")
+    args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

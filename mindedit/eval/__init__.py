@@ -1,0 +1,1 @@
+"""Evaluation: perplexity, teacher-vs-student metrics, generation speed, reports."""

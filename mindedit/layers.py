@@ -1,0 +1,58 @@
+"""Building blocks shared by the decoder and every attention variant (RMSNorm, embedding, rotary position)."""
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, mint, nn, ops
+
+
+class RMSNorm(nn.Cell):
+    """y = x / rms(x) * weight, computed in float32 like the reference (MindSpore has no RMSNorm cell on CPU)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, dtype=ms.float32):
+        super().__init__()
+        self.weight = Parameter(ms.Tensor(np.ones(dim), dtype), name="weight")
+        self.eps = eps
+
+    def construct(self, x):
+        dtype = x.dtype
+        x = x.astype(ms.float32)
+        x = x * mint.rsqrt(mint.mean(x * x, dim=-1, keepdim=True) + self.eps)
+        return self.weight * x.astype(dtype)
+
+
+class Embedding(nn.Cell):
+    """Token embedding as a gather on a ``weight`` Parameter (HF name; mint.nn.Embedding has no CPU kernel)."""
+
+    def __init__(self, num: int, dim: int, dtype=ms.float32):
+        super().__init__()
+        self.weight = Parameter(ms.Tensor(np.zeros((num, dim)), dtype), name="weight")
+
+    def construct(self, ids):
+        return ops.gather(self.weight, ids, 0)
+
+
+def linear(n_in: int, n_out: int, bias: bool = False, dtype=ms.float32) -> nn.Cell:
+    """HF-named (weight [out, in], bias) linear layer, zero-initialised: weights come from a checkpoint or an init."""
+    return mint.nn.Linear(n_in, n_out, bias=bias, weight_init="zeros", bias_init="zeros", dtype=dtype)
+
+
+class Rotary(nn.Cell):
+    """Rotary position embedding in the HF ``rotate_half`` layout (first half / second half of each head)."""
+
+    def __init__(self, dim: int, theta: float):
+        super().__init__()
+        inv = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+        self.inv_freq = ms.Tensor(inv.astype(np.float32))
+
+    def cos_sin(self, start, length: int):
+        """[length, dim] cos and sin for positions start.. (start: an int or an int tensor [1])."""
+        pos = ops.arange(0, length).astype(ms.float32) + start
+        freqs = pos.unsqueeze(1) * self.inv_freq.unsqueeze(0)
+        emb = mint.cat([freqs, freqs], dim=-1)
+        return mint.cos(emb), mint.sin(emb)
+
+
+def apply_rotary(x, cos, sin):
+    """x [B, H, T, D] (D even), cos/sin [T, D]."""
+    half = x.shape[-1] // 2
+    rotated = mint.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos.astype(x.dtype) + rotated * sin.astype(x.dtype)

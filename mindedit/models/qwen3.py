@@ -1,0 +1,129 @@
+"""The Qwen3-family decoder: Qwen3, Qwen3-MoE, Qwen2/2.5 and Llama-shaped models by config flags.
+
+Read top to bottom: MLP, sparse MoE block, decoder layer, model, causal LM. Parameter names are HF's, so a
+checkpoint maps one to one. The attention of each layer is a replaceable part: anything with
+``construct(x, cache=None)`` and ``new_cache()`` (see mindedit/attention/); mindedit.edit swaps it.
+No parallel logic lives here (mindedit/parallel shards a built model).
+"""
+import mindspore as ms
+from mindspore import mint, nn, ops
+
+from mindedit.attention import GQAAttention
+from mindedit.layers import Embedding, RMSNorm, linear
+from mindedit.models.config import ModelConfig
+
+
+class MLP(nn.Cell):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, hidden: int, intermediate: int, dtype):
+        super().__init__()
+        self.gate_proj = linear(hidden, intermediate, False, dtype)
+        self.up_proj = linear(hidden, intermediate, False, dtype)
+        self.down_proj = linear(intermediate, hidden, False, dtype)
+
+    def construct(self, x):
+        return self.down_proj(mint.nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class SparseMoE(nn.Cell):
+    """Qwen3-MoE block: softmax router over ``num_experts``, top-k experts per token, optional renormalisation.
+
+    Every expert runs on every token and the router weights (zero for unchosen experts) mix the outputs: exact,
+    static-shaped (graph mode friendly) and fine for the small models the CPU backend runs; it costs
+    num_experts / num_experts_per_tok times the routed FLOPs. Expert parallelism (mindedit/parallel) splits
+    this loop across ranks.
+    """
+
+    def __init__(self, cfg: ModelConfig, dtype):
+        super().__init__()
+        self.num_experts = cfg.num_experts
+        self.top_k = cfg.num_experts_per_tok
+        self.norm_topk_prob = cfg.norm_topk_prob
+        self.gate = linear(cfg.hidden_size, cfg.num_experts, False, dtype)
+        self.experts = nn.CellList([MLP(cfg.hidden_size, cfg.moe_intermediate_size, dtype)
+                                    for _ in range(cfg.num_experts)])
+
+    def routing_weights(self, x):
+        """[..., num_experts] mixing weights, zero outside each token's top-k."""
+        probs = mint.nn.functional.softmax(self.gate(x).astype(ms.float32), dim=-1)
+        top, idx = ops.topk(probs, self.top_k)
+        if self.norm_topk_prob:
+            top = top / top.sum(-1, keepdims=True)
+        onehot = ops.one_hot(idx, self.num_experts, ms.Tensor(1.0, ms.float32), ms.Tensor(0.0, ms.float32))
+        return (onehot * top.unsqueeze(-1)).sum(-2).astype(x.dtype)
+
+    def construct(self, x):
+        weights = self.routing_weights(x)
+        out = ops.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            out = out + weights[..., e:e + 1] * expert(x)
+        return out
+
+
+class DecoderLayer(nn.Cell):
+    def __init__(self, cfg: ModelConfig, layer_idx: int, dtype):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.self_attn = GQAAttention(cfg, dtype)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.mlp = SparseMoE(cfg, dtype) if cfg.is_moe_layer(layer_idx) else MLP(
+            cfg.hidden_size, cfg.intermediate_size, dtype)
+
+    def construct(self, x, cache=None, pos=None):
+        if cache is None:
+            x = x + self.self_attn(self.input_layernorm(x))
+            return x + self.mlp(self.post_attention_layernorm(x))
+        a, cache = self.self_attn(self.input_layernorm(x), cache, pos)
+        x = x + a
+        return x + self.mlp(self.post_attention_layernorm(x)), cache
+
+
+class DecoderModel(nn.Cell):
+    def __init__(self, cfg: ModelConfig, dtype):
+        super().__init__()
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size, dtype)
+        self.layers = nn.CellList([DecoderLayer(cfg, i, dtype) for i in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+
+    def construct(self, input_ids, caches=None, pos=None):
+        x = self.embed_tokens(input_ids)
+        if caches is None:
+            for layer in self.layers:
+                x = layer(x)
+            return self.norm(x)
+        new_caches = ()
+        for i, layer in enumerate(self.layers):
+            x, c = layer(x, caches[i], pos)
+            new_caches = new_caches + (c,)
+        return self.norm(x), new_caches
+
+
+class CausalLM(nn.Cell):
+    """``model(input_ids [B, T] int) -> logits [B, T, vocab]`` (float32).
+
+    Incremental use: ``model(ids, caches, pos) -> (logits, caches)`` with ``caches = model.init_caches(B, C)``
+    and ``pos`` (int32 tensor [1]) the number of tokens already in the caches."""
+
+    def __init__(self, cfg: ModelConfig, dtype=ms.float32):
+        super().__init__()
+        self.config = cfg
+        self.dtype = dtype
+        self.model = DecoderModel(cfg, dtype)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = linear(cfg.hidden_size, cfg.vocab_size, False, dtype)
+
+    def init_caches(self, batch: int, capacity: int) -> tuple:
+        """One cache per layer, each made by that layer's attention (so a converted layer brings its own)."""
+        return tuple(layer.self_attn.init_cache(batch, capacity) for layer in self.model.layers)
+
+    def logits(self, hidden):
+        if self.config.tie_word_embeddings:
+            return mint.matmul(hidden, self.model.embed_tokens.weight.T).astype(ms.float32)
+        return self.lm_head(hidden).astype(ms.float32)
+
+    def construct(self, input_ids, caches=None, pos=None):
+        if caches is None:
+            return self.logits(self.model(input_ids))
+        hidden, caches = self.model(input_ids, caches, pos)
+        return self.logits(hidden), caches

