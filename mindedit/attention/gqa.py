@@ -26,7 +26,7 @@ class GQAAttention(nn.Cell):
         self.rotary = Rotary(d, cfg.rope_theta)
         self.attn = FusedAttention(d ** -0.5)
 
-    def init_cache(self, batch: int, capacity: int):
+    def init_cache(self, batch: int, capacity: int, full: bool = False):
         return kv_cache(batch, self.num_kv_heads, capacity, self.head_dim, self.head_dim, self.dtype)
 
     def project(self, x, start=0):

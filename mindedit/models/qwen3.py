@@ -62,13 +62,22 @@ class SparseMoE(nn.Cell):
 
 
 class DecoderLayer(nn.Cell):
-    def __init__(self, cfg: ModelConfig, layer_idx: int, dtype):
+    """Assembled from parts, so that a converted model can reuse the teacher's norms and MLP (the same cells,
+    hence the same Parameters) around a new attention."""
+
+    def __init__(self, input_layernorm, self_attn, post_attention_layernorm, mlp):
         super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
-        self.self_attn = GQAAttention(cfg, dtype)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
-        self.mlp = SparseMoE(cfg, dtype) if cfg.is_moe_layer(layer_idx) else MLP(
-            cfg.hidden_size, cfg.intermediate_size, dtype)
+        self.input_layernorm = input_layernorm
+        self.self_attn = self_attn
+        self.post_attention_layernorm = post_attention_layernorm
+        self.mlp = mlp
+
+    @classmethod
+    def build(cls, cfg: ModelConfig, layer_idx: int, dtype):
+        mlp = SparseMoE(cfg, dtype) if cfg.is_moe_layer(layer_idx) else MLP(cfg.hidden_size, cfg.intermediate_size,
+                                                                            dtype)
+        return cls(RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype), GQAAttention(cfg, dtype),
+                   RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype), mlp)
 
     def construct(self, x, cache=None, pos=None):
         if cache is None:
@@ -80,11 +89,17 @@ class DecoderLayer(nn.Cell):
 
 
 class DecoderModel(nn.Cell):
-    def __init__(self, cfg: ModelConfig, dtype):
+    def __init__(self, embed_tokens, layers, norm):
         super().__init__()
-        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size, dtype)
-        self.layers = nn.CellList([DecoderLayer(cfg, i, dtype) for i in range(cfg.num_hidden_layers)])
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.embed_tokens = embed_tokens
+        self.layers = nn.CellList(layers)
+        self.norm = norm
+
+    @classmethod
+    def build(cls, cfg: ModelConfig, dtype):
+        return cls(Embedding(cfg.vocab_size, cfg.hidden_size, dtype),
+                   [DecoderLayer.build(cfg, i, dtype) for i in range(cfg.num_hidden_layers)],
+                   RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype))
 
     def construct(self, input_ids, caches=None, pos=None):
         x = self.embed_tokens(input_ids)
@@ -105,17 +120,20 @@ class CausalLM(nn.Cell):
     Incremental use: ``model(ids, caches, pos) -> (logits, caches)`` with ``caches = model.init_caches(B, C)``
     and ``pos`` (int32 tensor [1]) the number of tokens already in the caches."""
 
-    def __init__(self, cfg: ModelConfig, dtype=ms.float32):
+    def __init__(self, cfg: ModelConfig, dtype=ms.float32, model: DecoderModel = None, lm_head=None):
+        """A new model from cfg, or one assembled from an existing ``model`` body and ``lm_head``."""
         super().__init__()
         self.config = cfg
         self.dtype = dtype
-        self.model = DecoderModel(cfg, dtype)
+        self.model = model if model is not None else DecoderModel.build(cfg, dtype)
         if not cfg.tie_word_embeddings:
-            self.lm_head = linear(cfg.hidden_size, cfg.vocab_size, False, dtype)
+            self.lm_head = lm_head if lm_head is not None else linear(cfg.hidden_size, cfg.vocab_size, False, dtype)
 
-    def init_caches(self, batch: int, capacity: int) -> tuple:
-        """One cache per layer, each made by that layer's attention (so a converted layer brings its own)."""
-        return tuple(layer.self_attn.init_cache(batch, capacity) for layer in self.model.layers)
+    def init_caches(self, batch: int, capacity: int, full: bool = False) -> tuple:
+        """One cache per layer, each made by that layer's attention (so a converted layer brings its own).
+        ``full=True`` asks every layer for a cache that keeps all ``capacity`` positions (chunked prefill over a
+        long context), even layers whose own cache is bounded (sliding windows)."""
+        return tuple(layer.self_attn.init_cache(batch, capacity, full) for layer in self.model.layers)
 
     def logits(self, hidden):
         if self.config.tie_word_embeddings:

@@ -1,0 +1,98 @@
+"""Gated sliding-window attention (the S layers of a GateSWA model; F layers keep full attention).
+
+Same projections and norms as the source GQA attention (copied at conversion), plus:
+- a sliding window of ``window`` tokens, with ``sink_tokens`` first positions always in view (StreamingLLM);
+- an optional learnable per-head sink logit (``sinks``, an extra softmax column with no value; MiMo-style),
+  initialised at -20: exp(-20) ~ 2e-9 is below float32 resolution next to the row's own mass, so the student
+  starts equal to the teacher, and Adam's normalised steps still move it;
+- an output gate before ``o_proj``: ``2 * sigmoid(gate_proj(x))`` from the layer input, element-wise
+  (one per head dim) or head-wise. Zero-initialised it is exactly 1 (sigmoid(0) = 1/2): the gate starts open.
+
+Cache: a ring buffer of ``sink_tokens + window`` slots, bounded whatever the context length (or a full KV
+cache when ``window == 0``, a gated full-attention layer).
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, mint, ops
+
+from ascend_ops import FusedAttention
+from mindedit.attention.caches import kv_cache, write_slots
+from mindedit.attention.gqa import GQAAttention
+from mindedit.layers import linear
+
+SINK_LOGIT_INIT = -20.0
+
+
+def ring_sources(capacity: int, sink_tokens: int, window: int, pos, length: int):
+    """For each ring slot: which of the ``length`` new tokens (positions pos..pos+length-1) is the last one to
+    land there, and whether any does. Slots 0..sink_tokens-1 hold those positions forever; position p >= sink
+    lands in slot sink + (p - sink) % window."""
+    slot = ops.arange(0, capacity)
+    last = pos.astype(ms.int64) + (length - 1)
+    r = slot - sink_tokens
+    wrapped = sink_tokens + r + window * mint.floor_divide(mint.clamp(last - sink_tokens - r, min=0), window)
+    src = mint.where(slot < sink_tokens, slot, wrapped)
+    valid = mint.logical_and(src >= pos.astype(ms.int64), src <= last)
+    valid = mint.logical_and(valid, mint.logical_or(slot < sink_tokens, last >= slot))
+    return mint.clamp(src - pos.astype(ms.int64), 0, length - 1), valid
+
+
+class GateSWAAttention(GQAAttention):
+    def __init__(self, cfg, window: int, sink_tokens: int = 0, sink_logit: bool = False, gate: str = "elementwise",
+                 dtype=ms.float32):
+        """window 0 means full attention (a gated F layer); gate is 'elementwise', 'headwise' or 'none'."""
+        super().__init__(cfg, dtype)
+        self.window, self.sink_tokens, self.gate_kind = window, sink_tokens, gate
+        self.attn = FusedAttention(self.head_dim ** -0.5, window, sink_tokens, use_sink=sink_logit)
+        self.attn_ring = FusedAttention(self.head_dim ** -0.5, 0, 0, use_sink=sink_logit)  # decode over the ring
+        self.use_sink = sink_logit
+        if sink_logit:
+            self.sinks = Parameter(ms.Tensor(np.full(self.num_heads, SINK_LOGIT_INIT, np.float32)), name="sinks")
+        if gate != "none":
+            width = self.num_heads * self.head_dim if gate == "elementwise" else self.num_heads
+            self.gate_proj = linear(cfg.hidden_size, width, True, dtype)
+
+    @property
+    def capacity(self):
+        return self.sink_tokens + self.window
+
+    def init_cache(self, batch: int, capacity: int):
+        ring = self.capacity if self.window else capacity
+        return kv_cache(batch, self.num_kv_heads, min(ring, capacity) if self.window else capacity,
+                        self.head_dim, self.head_dim, self.dtype)
+
+    def gated(self, x, o):
+        """o [B, H, T, D] times the gate computed from the layer input x [B, T, hidden]."""
+        if self.gate_kind == "none":
+            return o
+        b, t, _ = x.shape
+        g = 2.0 * mint.sigmoid(self.gate_proj(x))
+        g = g.reshape(b, t, self.num_heads, -1).transpose(0, 2, 1, 3)
+        return o * g.astype(o.dtype)
+
+    def construct(self, x, cache=None, pos=None):
+        """As GQAAttention. With a ring cache, a multi-token call must start at position 0 (prefill); a
+        single-token call (decode) may come at any position."""
+        sink = self.sinks if self.use_sink else None
+        b, t, _ = x.shape
+        if cache is None:
+            q, k, v = self.project(x)
+            return self.merge_heads(self.gated(x, self.attn(q, k, v, sink)))
+        q, k, v = self.project(x, pos)
+        if not self.window:
+            k_all, v_all = write_slots(cache[0], k, pos), write_slots(cache[1], v, pos)
+            o = self.attn(q, k_all, v_all, sink, pos + t)
+            return self.merge_heads(self.gated(x, o)), (k_all, v_all)
+        cap = cache[0].shape[2]
+        src, valid = ring_sources(cap, self.sink_tokens, self.window, pos, t)
+        mask = valid.reshape(1, 1, cap, 1)
+        k_ring = mint.where(mask, ops.gather(k, src, 2), cache[0])
+        v_ring = mint.where(mask, ops.gather(v, src, 2), cache[1])
+        if t == 1:
+            # every filled slot is in view of the newest token; slots fill in order until the ring wraps
+            o = self.attn_ring(q, k_ring, v_ring, sink, mint.clamp(pos + 1, max=cap))
+        else:
+            o = self.attn(q, k, v, sink)
+        return self.merge_heads(self.gated(x, o)), (k_ring, v_ring)

@@ -1,0 +1,125 @@
+"""Multi-head latent attention in the DeepSeek-V2/V3 layout (parameter names as in HF DeepSeek-V3).
+
+    q      = q_proj(x)                     or q_b_proj(q_a_layernorm(q_a_proj(x)))   [H, nope + rope]
+    c, k_pe = split(kv_a_proj_with_mqa(x))  c: [kv_lora_rank], k_pe: [rope] shared by all heads
+    c      = kv_a_layernorm(c)
+    k_nope, v = split(kv_b_proj(c))         per head [nope], [v]
+
+Two forward modes that must agree:
+- *naive* (training, prefill without cache): expand keys and values per head, one attention over H heads.
+- *absorbed* (decode): fold kv_b_proj's key half into the query and its value half into the output, and attend
+  directly over the cached latent: a single shared "key" [c; k_pe] and "value" c. The cache per token per layer
+  holds kv_lora_rank + qk_rope_head_dim values.
+
+Source models with per-head q/k RMSNorm (Qwen3): a per-head key norm cannot survive absorption (it is
+nonlinear in each head's key, which no longer exists at decode), so it is dropped; the per-head query norm is
+query-side and is kept (``q_norm``, over the whole nope+rope query head). Initialisation (mindedit/edit)
+starts both close to the source; distillation learns the rest.
+
+Rotary frequencies of the rope channels are a buffer (``rotary_inv_freq``), because conversion from a
+GQA/MHA source keeps the most useful frequencies, not a contiguous spectrum.
+"""
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, mint, nn, ops
+
+from ascend_ops import FusedAttention
+from mindedit.attention.caches import write_slots
+from mindedit.layers import RMSNorm, apply_rotary, linear
+
+
+class MLAAttention(nn.Cell):
+    def __init__(self, cfg, target, dtype=ms.float32):
+        """cfg: the source ModelConfig (hidden size, heads, eps, rope theta); target: an MLAConfig."""
+        super().__init__()
+        self.num_heads = cfg.num_attention_heads
+        self.nope, self.rope, self.v_dim = target.qk_nope_head_dim, target.qk_rope_head_dim, target.v_head_dim
+        self.rank, self.q_rank = target.kv_lora_rank, target.q_lora_rank
+        self.dtype = dtype
+        h, n, qk = cfg.hidden_size, self.num_heads, self.nope + self.rope
+        bias = cfg.attention_bias
+        if self.q_rank:
+            self.q_a_proj = linear(h, self.q_rank, bias, dtype)
+            self.q_a_layernorm = RMSNorm(self.q_rank, cfg.rms_norm_eps, dtype)
+            self.q_b_proj = linear(self.q_rank, n * qk, False, dtype)
+        else:
+            self.q_proj = linear(h, n * qk, bias, dtype)
+        self.use_q_norm = target.q_norm
+        if self.use_q_norm:
+            self.q_norm = RMSNorm(qk, cfg.rms_norm_eps, dtype)
+        self.kv_a_proj_with_mqa = linear(h, self.rank + self.rope, bias, dtype)
+        self.kv_a_layernorm = RMSNorm(self.rank, cfg.rms_norm_eps, dtype)
+        self.kv_b_proj = linear(self.rank, n * (self.nope + self.v_dim), False, dtype)
+        self.o_proj = linear(n * self.v_dim, h, False, dtype)
+        inv = 1.0 / (cfg.rope_theta ** (np.arange(0, self.rope, 2, dtype=np.float64) / self.rope))
+        self.rotary_inv_freq = Parameter(ms.Tensor(inv.astype(np.float32)), name="rotary_inv_freq",
+                                         requires_grad=False)
+        scale = qk ** -0.5
+        self.attn = FusedAttention(scale)
+
+    # -- pieces shared by both modes -------------------------------------------------------------------
+    def cos_sin(self, start, length: int):
+        pos = ops.arange(0, length).astype(ms.float32) + start
+        freqs = pos.unsqueeze(1) * self.rotary_inv_freq.unsqueeze(0)
+        emb = mint.cat([freqs, freqs], dim=-1)
+        return mint.cos(emb), mint.sin(emb)
+
+    def queries(self, x, cos, sin):
+        """q_nope [B, H, T, nope], q_pe [B, H, T, rope] (rotary applied)."""
+        b, t, _ = x.shape
+        q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x))) if self.q_rank else self.q_proj(x)
+        q = q.reshape(b, t, self.num_heads, self.nope + self.rope)
+        if self.use_q_norm:
+            q = self.q_norm(q)
+        q = q.transpose(0, 2, 1, 3)
+        return q[..., :self.nope], apply_rotary(q[..., self.nope:], cos, sin)
+
+    def latent(self, x, cos, sin):
+        """c [B, 1, T, rank] (normed), k_pe [B, 1, T, rope] (rotary applied): what the cache holds."""
+        b, t, _ = x.shape
+        kv = self.kv_a_proj_with_mqa(x)
+        c = self.kv_a_layernorm(kv[..., :self.rank]).reshape(b, 1, t, self.rank)
+        k_pe = kv[..., self.rank:].reshape(b, 1, t, self.rope)
+        return c, apply_rotary(k_pe, cos, sin)
+
+    def merge_heads(self, o):
+        b, _, t, _ = o.shape
+        return self.o_proj(o.transpose(0, 2, 1, 3).reshape(b, t, self.num_heads * self.v_dim))
+
+    def kv_b_weights(self):
+        """kv_b_proj split per head: W_uk [H, nope, rank], W_uv [H, v, rank]."""
+        w = self.kv_b_proj.weight.reshape(self.num_heads, self.nope + self.v_dim, self.rank)
+        return w[:, :self.nope], w[:, self.nope:]
+
+    # -- the two modes ---------------------------------------------------------------------------------
+    def naive(self, q_nope, q_pe, c, k_pe, kv_len=None):
+        b, _, t, _ = c.shape
+        kv = self.kv_b_proj(c.reshape(b, t, self.rank)).reshape(b, t, self.num_heads, self.nope + self.v_dim)
+        kv = kv.transpose(0, 2, 1, 3)
+        k = mint.cat([kv[..., :self.nope], k_pe.broadcast_to((b, self.num_heads, t, self.rope))], dim=-1)
+        q = mint.cat([q_nope, q_pe], dim=-1)
+        return self.attn(q, k, kv[..., self.nope:], None, kv_len)
+
+    def absorbed(self, q_nope, q_pe, c, k_pe, kv_len=None):
+        w_uk, w_uv = self.kv_b_weights()
+        q_lat = mint.matmul(q_nope, w_uk.unsqueeze(0))                  # [B, H, T, rank]
+        q = mint.cat([q_lat, q_pe], dim=-1)
+        k = mint.cat([c, k_pe], dim=-1)                                 # one shared head: MQA over the latent
+        o_lat = self.attn(q, k, c, None, kv_len)                        # [B, H, T, rank]
+        return mint.matmul(o_lat, mint.transpose(w_uv, 1, 2).unsqueeze(0))  # [B, H, T, v]
+
+    def init_cache(self, batch: int, capacity: int):
+        """The latent cache: [B, 1, C, kv_lora_rank + qk_rope_head_dim] (c and k_pe side by side)."""
+        return (ops.zeros((batch, 1, capacity, self.rank + self.rope), self.dtype),)
+
+    def construct(self, x, cache=None, pos=None, absorb=False):
+        start = 0 if cache is None else pos
+        cos, sin = self.cos_sin(start, x.shape[1])
+        q_nope, q_pe = self.queries(x, cos, sin)
+        c, k_pe = self.latent(x, cos, sin)
+        if cache is None:
+            o = self.absorbed(q_nope, q_pe, c, k_pe) if absorb else self.naive(q_nope, q_pe, c, k_pe)
+            return self.merge_heads(o)
+        buf = write_slots(cache[0], mint.cat([c, k_pe], dim=-1), pos)
+        o = self.absorbed(q_nope, q_pe, buf[..., :self.rank], buf[..., self.rank:], pos + x.shape[1])
+        return self.merge_heads(o), (buf,)
