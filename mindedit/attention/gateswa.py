@@ -32,10 +32,10 @@ def ring_sources(capacity: int, sink_tokens: int, window: int, pos, length: int)
     slot = ops.arange(0, capacity)
     last = pos.astype(ms.int64) + (length - 1)
     r = slot - sink_tokens
-    wrapped = sink_tokens + r + window * mint.floor_divide(mint.clamp(last - sink_tokens - r, min=0), window)
+    laps = ops.floor(mint.clamp(last - sink_tokens - r, min=0).astype(ms.float32) / window).astype(ms.int64)
+    wrapped = sink_tokens + r + window * laps  # (float floor: no integer FloorDiv kernel on CPU; exact < 2^24)
     src = mint.where(slot < sink_tokens, slot, wrapped)
     valid = mint.logical_and(src >= pos.astype(ms.int64), src <= last)
-    valid = mint.logical_and(valid, mint.logical_or(slot < sink_tokens, last >= slot))
     return mint.clamp(src - pos.astype(ms.int64), 0, length - 1), valid
 
 
@@ -58,10 +58,11 @@ class GateSWAAttention(GQAAttention):
     def capacity(self):
         return self.sink_tokens + self.window
 
-    def init_cache(self, batch: int, capacity: int):
-        ring = self.capacity if self.window else capacity
-        return kv_cache(batch, self.num_kv_heads, min(ring, capacity) if self.window else capacity,
-                        self.head_dim, self.head_dim, self.dtype)
+    def init_cache(self, batch: int, capacity: int, full: bool = False):
+        """A ring of sink_tokens + window slots (never more than capacity); a full cache if asked (chunked
+        prefill) or for a full-attention layer."""
+        slots = capacity if (full or not self.window) else min(self.capacity, capacity)
+        return kv_cache(batch, self.num_kv_heads, slots, self.head_dim, self.head_dim, self.dtype)
 
     def gated(self, x, o):
         """o [B, H, T, D] times the gate computed from the layer input x [B, T, hidden]."""
@@ -81,11 +82,12 @@ class GateSWAAttention(GQAAttention):
             q, k, v = self.project(x)
             return self.merge_heads(self.gated(x, self.attn(q, k, v, sink)))
         q, k, v = self.project(x, pos)
-        if not self.window:
+        cap = cache[0].shape[2]
+        if not self.window or cap > self.capacity:
+            # a full cache: slots are positions, the kernel's window/sink mask applies as without a cache
             k_all, v_all = write_slots(cache[0], k, pos), write_slots(cache[1], v, pos)
             o = self.attn(q, k_all, v_all, sink, pos + t)
             return self.merge_heads(self.gated(x, o)), (k_all, v_all)
-        cap = cache[0].shape[2]
         src, valid = ring_sources(cap, self.sink_tokens, self.window, pos, t)
         mask = valid.reshape(1, 1, cap, 1)
         k_ring = mint.where(mask, ops.gather(k, src, 2), cache[0])

@@ -48,7 +48,9 @@ class MLAAttention(nn.Cell):
         if self.use_q_norm:
             self.q_norm = RMSNorm(qk, cfg.rms_norm_eps, dtype)
         self.kv_a_proj_with_mqa = linear(h, self.rank + self.rope, bias, dtype)
-        self.kv_a_layernorm = RMSNorm(self.rank, cfg.rms_norm_eps, dtype)
+        self.latent_norm = target.latent_norm
+        if self.latent_norm:
+            self.kv_a_layernorm = RMSNorm(self.rank, cfg.rms_norm_eps, dtype)
         self.kv_b_proj = linear(self.rank, n * (self.nope + self.v_dim), False, dtype)
         self.o_proj = linear(n * self.v_dim, h, False, dtype)
         inv = 1.0 / (cfg.rope_theta ** (np.arange(0, self.rope, 2, dtype=np.float64) / self.rope))
@@ -78,7 +80,10 @@ class MLAAttention(nn.Cell):
         """c [B, 1, T, rank] (normed), k_pe [B, 1, T, rope] (rotary applied): what the cache holds."""
         b, t, _ = x.shape
         kv = self.kv_a_proj_with_mqa(x)
-        c = self.kv_a_layernorm(kv[..., :self.rank]).reshape(b, 1, t, self.rank)
+        c = kv[..., :self.rank]
+        if self.latent_norm:
+            c = self.kv_a_layernorm(c)
+        c = c.reshape(b, 1, t, self.rank)
         k_pe = kv[..., self.rank:].reshape(b, 1, t, self.rope)
         return c, apply_rotary(k_pe, cos, sin)
 
@@ -108,7 +113,7 @@ class MLAAttention(nn.Cell):
         o_lat = self.attn(q, k, c, None, kv_len)                        # [B, H, T, rank]
         return mint.matmul(o_lat, mint.transpose(w_uv, 1, 2).unsqueeze(0))  # [B, H, T, v]
 
-    def init_cache(self, batch: int, capacity: int):
+    def init_cache(self, batch: int, capacity: int, full: bool = False):
         """The latent cache: [B, 1, C, kv_lora_rank + qk_rope_head_dim] (c and k_pe side by side)."""
         return (ops.zeros((batch, 1, capacity, self.rank + self.rope), self.dtype),)
 

@@ -1,0 +1,111 @@
+"""Target architectures: what each attention module becomes. Validated against the source model's shapes."""
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+MLA_INITS = ("partial_rope_svd", "rorope_svd", "random")
+GATES = ("elementwise", "headwise", "none")
+
+
+class TargetError(ValueError):
+    """A target configuration that cannot be built for this model; the message names the key and value."""
+
+
+@dataclass
+class MLAConfig:
+    kv_lora_rank: int
+    qk_rope_head_dim: int
+    qk_nope_head_dim: Optional[int] = None   # default: the source head_dim
+    v_head_dim: Optional[int] = None         # default: the source head_dim
+    q_lora_rank: Optional[int] = None        # None: a full-rank q_proj
+    q_norm: Optional[bool] = None            # per-head query RMSNorm; default: the source has q/k norms
+    latent_norm: bool = True                 # kv_a_layernorm on the latent (DeepSeek layout)
+    init: str = "rorope_svd"
+    kind: str = field(default="mla", init=False)
+
+    def resolve(self, cfg, where: str = "target") -> "MLAConfig":
+        """Fills defaults from the source config and checks every value; returns self."""
+        d = cfg.head_dim
+        self.qk_nope_head_dim = self.qk_nope_head_dim or d
+        self.v_head_dim = self.v_head_dim or d
+        if self.q_norm is None:
+            self.q_norm = cfg.qk_norm
+        if self.init not in MLA_INITS:
+            raise TargetError(f"{where}.init={self.init!r}: expected one of {MLA_INITS}")
+        if self.qk_rope_head_dim <= 0 or self.qk_rope_head_dim % 2:
+            raise TargetError(f"{where}.qk_rope_head_dim={self.qk_rope_head_dim}: expected a positive even number")
+        if self.qk_rope_head_dim > cfg.num_key_value_heads * d:
+            raise TargetError(f"{where}.qk_rope_head_dim={self.qk_rope_head_dim}: at most num_key_value_heads x "
+                              f"head_dim = {cfg.num_key_value_heads * d} rotary dimensions exist in the source")
+        max_rank = min(cfg.hidden_size, cfg.num_key_value_heads * (self.qk_nope_head_dim + self.v_head_dim))
+        if not 0 < self.kv_lora_rank <= max_rank:
+            raise TargetError(f"{where}.kv_lora_rank={self.kv_lora_rank}: expected 1..{max_rank} (min of hidden_size "
+                              f"and the rank of the source's stacked key/value projections)")
+        if self.q_lora_rank is not None and not 0 < self.q_lora_rank <= cfg.hidden_size:
+            raise TargetError(f"{where}.q_lora_rank={self.q_lora_rank}: expected 1..{cfg.hidden_size} or null")
+        if self.init != "random" and (self.qk_nope_head_dim != d or self.v_head_dim != d):
+            raise TargetError(f"{where}: init {self.init!r} keeps the source head_dim={d}; qk_nope_head_dim="
+                              f"{self.qk_nope_head_dim} and v_head_dim={self.v_head_dim} need init: random")
+        return self
+
+    def cache_values_per_token(self, cfg) -> int:
+        return self.kv_lora_rank + self.qk_rope_head_dim
+
+
+@dataclass
+class GateSWAConfig:
+    window: int
+    pattern: Optional[str] = "SSSSSF"        # repeated over the layers; S sliding, F full
+    layer_types: Optional[list] = None       # explicit per-layer "sliding" / "full" (overrides pattern)
+    sink_tokens: int = 4
+    sink_logit: bool = False
+    gate: str = "elementwise"
+    gate_full_layers: bool = False
+    require_full_layer: bool = True
+    kind: str = field(default="gateswa", init=False)
+
+    def resolve(self, cfg, where: str = "target") -> "GateSWAConfig":
+        n = cfg.num_hidden_layers
+        if not isinstance(self.window, int) or self.window <= 0:
+            raise TargetError(f"{where}.window={self.window!r}: expected a positive number of tokens")
+        if self.sink_tokens < 0:
+            raise TargetError(f"{where}.sink_tokens={self.sink_tokens}: expected >= 0")
+        if self.gate not in GATES:
+            raise TargetError(f"{where}.gate={self.gate!r}: expected one of {GATES}")
+        if self.layer_types is not None:
+            bad = [t for t in self.layer_types if t not in ("sliding", "full")]
+            if len(self.layer_types) != n or bad:
+                raise TargetError(f"{where}.layer_types: expected {n} entries of 'sliding'/'full', got "
+                                  f"{len(self.layer_types)} entries" + (f" including {bad[0]!r}" if bad else ""))
+        else:
+            if not self.pattern or set(self.pattern) - {"S", "F"}:
+                raise TargetError(f"{where}.pattern={self.pattern!r}: expected a string of S (sliding) and F (full)")
+            self.layer_types = ["sliding" if self.pattern[i % len(self.pattern)] == "S" else "full"
+                                for i in range(n)]
+        if self.require_full_layer and "full" not in self.layer_types:
+            raise TargetError(f"{where}: the layer pattern leaves no full-attention layer (set require_full_layer: "
+                              f"false to allow an all-sliding model)")
+        return self
+
+    def cache_values_per_token(self, cfg) -> int:
+        """Per token in the unbounded (full) layers only; sliding layers hold a fixed ring."""
+        return 2 * cfg.num_key_value_heads * cfg.head_dim
+
+
+def target_from_dict(d: dict, where: str = "target"):
+    d = dict(d)
+    kind = d.pop("kind", None)
+    cls = {"mla": MLAConfig, "gateswa": GateSWAConfig}.get(kind)
+    if cls is None:
+        raise TargetError(f"{where}.kind={kind!r}: expected 'mla' or 'gateswa'")
+    known = {f for f in cls.__dataclass_fields__ if f != "kind"}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise TargetError(f"{where}: unknown key {unknown[0]!r} for kind {kind!r}; expected some of {sorted(known)}")
+    try:
+        return cls(**d)
+    except TypeError as e:
+        raise TargetError(f"{where}: {e}") from None
+
+
+def target_to_dict(t) -> dict:
+    return asdict(t)

@@ -1,0 +1,176 @@
+"""Initialising an MLA layer from a GQA/MHA source layer (NumPy, float64), activation-aware.
+
+Rotary part. MLA has one rotary key shared by all heads, of qk_rope_head_dim = 2 x (number of *channels*).
+A channel is a frequency pair f of the source head (dims f and f + D/2, HF rotate_half layout) together with a
+unit vector u over the KV heads: the shared key is sum_j u_j k_{j,f} and query head h reads it through
+u_{g(h)} q_{h,f}, where g(h) is its KV head. Rotary rotation acts on every head's pair f by the same angle, so
+it commutes with mixing heads: when the channels at f span all KV heads, the source's q.k at f is reproduced
+exactly. The strategies differ only in the channels they offer:
+- ``partial_rope_svd`` (MHA2MLA): u = e_j, one channel per (KV head, frequency), ranked by the 2-norm product
+  E||q_{h,f}|| x E||k_{j,f}|| summed over the heads that read it;
+- ``rorope_svd`` (TransMLA's RoRoPE): u = eigenvectors of the KV-head covariance of k_{.,f}, so the first channel
+  of each frequency gathers most of its energy; ranked the same way.
+Whatever the kept channels do not capture of a key loses its rotation and joins the non-rotary key.
+
+Latent part. Non-rotary keys and values of all KV heads are fitted jointly from the layer input x through a
+rank-r bottleneck: reduced-rank regression, i.e. the SVD of the fitted outputs W X^T on calibration
+activations (for a source without key norms, exactly the SVD of W X^T), with keys and values balanced to equal
+Frobenius norm first. Sources with per-head q/k RMSNorm (Qwen3): targets are the normed keys, fitted by least
+squares; the query norm is kept over the extended head, its weight rescaled by the measured RMS ratio.
+"""
+import numpy as np
+
+RIDGE = 1e-7
+
+
+def _aug(x):
+    return np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)
+
+
+def lstsq(xa, y):
+    """W [in+1, out] minimising ||xa W - y|| (tiny ridge for rank-deficient calibration sets)."""
+    g = xa.T @ xa
+    g += np.eye(g.shape[0]) * RIDGE * np.trace(g) / g.shape[0]
+    return np.linalg.solve(g, xa.T @ y)
+
+
+def reduced_rank(xa, w, rank):
+    """Factor the linear map xa -> xa w through ``rank`` dims, optimal on the calibration set:
+    returns down [in+1, rank] and up [rank, out] with xa w ~ (xa down) up."""
+    _, _, vt = np.linalg.svd(xa @ w, full_matrices=False)
+    v = vt[:rank].T
+    if v.shape[1] < rank:  # fewer outputs than rank: pad with zero directions
+        v = np.pad(v, ((0, 0), (0, rank - v.shape[1])))
+    return w @ v, v.T
+
+
+def rms_norm(x, weight, eps):
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight
+
+
+def source_projections(src, x, cfg):
+    """Source queries and keys as the attention sees them before rotary (normed for Qwen3), and values.
+    src: dict of float64 arrays with HF names; x [N, hidden]. Returns q [N, H, D], k [N, Hk, D], v [N, Hk, D]."""
+    n, h, hk, d = x.shape[0], cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+
+    def proj(name, heads):
+        y = x @ src[f"{name}.weight"].T + src.get(f"{name}.bias", 0.0)
+        return y.reshape(n, heads, d)
+
+    q, k, v = proj("q_proj", h), proj("k_proj", hk), proj("v_proj", hk)
+    if cfg.qk_norm:
+        q = rms_norm(q, src["q_norm.weight"], cfg.rms_norm_eps)
+        k = rms_norm(k, src["k_norm.weight"], cfg.rms_norm_eps)
+    return q, k, v
+
+
+def select_channels(q, k, group: int, n_channels: int, strategy: str):
+    """Returns a list of (frequency index f, u [Hk]) ranked by expected |q.k| contribution, best first."""
+    n, h, d = q.shape
+    hk, half = k.shape[1], d // 2
+    pair = lambda a, f: a[..., [f, f + half]]  # noqa: E731  [..., heads, 2]
+    qn = np.stack([np.linalg.norm(pair(q, f), axis=-1).mean(0) for f in range(half)])  # [half, H]
+    candidates = []
+    for f in range(half):
+        kf = pair(k, f)                                             # [N, Hk, 2]
+        if strategy == "partial_rope_svd":
+            basis = [(np.eye(hk)[j], np.linalg.norm(kf[:, j], axis=-1).mean()) for j in range(hk)]
+        else:
+            cov = np.einsum("tjc,tic->ji", kf, kf) / n
+            lam, vec = np.linalg.eigh(cov)
+            basis = [(vec[:, m], np.sqrt(max(lam[m], 0.0))) for m in range(hk)]
+        for u, k_size in basis:
+            q_size = sum(abs(u[hh // group]) * qn[f, hh] for hh in range(h))
+            candidates.append((q_size * k_size, f, u))
+    candidates.sort(key=lambda c: -c[0])
+    return [(f, u) for _, f, u in candidates[:n_channels]]
+
+
+def init_mla_layer(src: dict, x: np.ndarray, cfg, target, rope_theta: float, rng=None) -> dict:
+    """Student parameters (HF-style names inside the MLA module, float64) for one layer.
+
+    src: the source attention's parameters (q_proj.weight, ..., q_norm.weight); x: calibration inputs of this
+    layer's attention [N, hidden]."""
+    if target.init == "random":
+        return {}
+    h, hk, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    group, half, dr = h // hk, d // 2, target.qk_rope_head_dim
+    n_ch = dr // 2
+    x = x.astype(np.float64)
+    xa = _aug(x)
+    q, k, v = source_projections(src, x, cfg)
+    channels = select_channels(q, k, group, n_ch, target.init)
+    channels.sort(key=lambda c: c[0])
+    inv_freq = 1.0 / (rope_theta ** (np.arange(0, d, 2) / d))
+
+    # rotary key: channel c holds sum_j u_j k_{j,f} in dims c and c + dr/2
+    k_pe = np.zeros((x.shape[0], dr))
+    k_rest = k.copy()                       # what the rotary channels leave: becomes the non-rotary key
+    for c, (f, u) in enumerate(channels):
+        for comp, dim in ((0, f), (1, f + half)):
+            shared = k[:, :, dim] @ u
+            k_pe[:, c + comp * n_ch] = shared
+            k_rest[:, :, dim] -= np.outer(shared, u)
+
+    # latent: non-rotary keys and values of every KV head through a rank-r bottleneck
+    y = np.concatenate([k_rest.reshape(len(x), hk * d), v.reshape(len(x), hk * d)], axis=1)
+    w = lstsq(xa, y)
+    scale_k = 1.0 / max(np.linalg.norm(y[:, :hk * d]), 1e-12)
+    scale_v = 1.0 / max(np.linalg.norm(y[:, hk * d:]), 1e-12)
+    balance = np.concatenate([np.full(hk * d, scale_k), np.full(hk * d, scale_v)])
+    down, up = reduced_rank(xa, w * balance, target.kv_lora_rank)
+    up = up / balance                        # [r, 2 Hk D]
+    c = xa @ down
+    w_pe = lstsq(xa, k_pe)
+    kv_a = np.concatenate([down, w_pe], axis=1)          # [hidden+1, r + dr]
+    up_k = up[:, :hk * d].reshape(-1, hk, d)
+    up_v = up[:, hk * d:].reshape(-1, hk, d)
+    kv_b = np.concatenate([np.stack([up_k[:, hh // group] for hh in range(h)], 0),
+                           np.stack([up_v[:, hh // group] for hh in range(h)], 0)], axis=2)  # [H, r, 2D]
+    out = {"kv_a_proj_with_mqa.weight": kv_a[:-1].T,
+           "kv_b_proj.weight": kv_b.transpose(0, 2, 1).reshape(h * 2 * d, -1),
+           "o_proj.weight": src["o_proj.weight"],
+           "rotary_inv_freq": np.array([inv_freq[f] for f, _ in channels])}
+    if cfg.attention_bias:
+        out["kv_a_proj_with_mqa.bias"] = kv_a[-1]
+    if target.latent_norm:
+        out["kv_a_layernorm.weight"] = np.full(target.kv_lora_rank, np.sqrt(np.mean(c * c, axis=1)).mean())
+
+    # queries: the source head (non-rotary part) and u_{g(h)} q_{h,f} per channel (rotary part), pre-norm
+    wq = src["q_proj.weight"].reshape(h, d, -1)
+    bq = src.get("q_proj.bias", np.zeros(h * d)).reshape(h, d)
+    rows, bias = [], []
+    for hh in range(h):
+        u_h = np.array([u[hh // group] for _, u in channels])
+        pe_idx = [f for f, _ in channels] + [f + half for f, _ in channels]
+        pe_scale = np.concatenate([u_h, u_h])
+        rows.append(np.concatenate([wq[hh], wq[hh][pe_idx] * pe_scale[:, None]], axis=0))
+        bias.append(np.concatenate([bq[hh], bq[hh][pe_idx] * pe_scale]))
+    wq_s, bq_s = np.stack(rows), np.stack(bias)           # [H, D + dr, hidden], [H, D + dr]
+    # the student's softmax scale is (D + dr)^-1/2, the source's D^-1/2: fold the ratio into the queries
+    fix = np.sqrt((d + dr) / d)
+    if target.q_norm:
+        if not cfg.qk_norm:
+            raise ValueError("q_norm on a student of a source without q/k norms is not initialisable")
+        raw = (x @ wq_s.reshape(-1, x.shape[1]).T + bq_s.reshape(-1)).reshape(len(x), h, d + dr)
+        src_raw = raw[..., :d]
+        ratio = np.sqrt(np.mean(raw * raw, -1)) / np.sqrt(np.mean(src_raw * src_raw, -1) + 1e-30)
+        wn = src["q_norm.weight"]
+        pe_norm = np.concatenate([wn[[f for f, _ in channels]], wn[[f + half for f, _ in channels]]])
+        out["q_norm.weight"] = np.concatenate([wn, pe_norm]) * fix * ratio.mean()
+    else:
+        wq_s, bq_s = wq_s * fix, bq_s * fix
+    wq_s, bq_s = wq_s.reshape(h * (d + dr), -1), bq_s.reshape(-1)
+    if target.q_lora_rank:
+        q_down, q_up = reduced_rank(xa, np.concatenate([wq_s.T, bq_s[None]], axis=0), target.q_lora_rank)
+        cq = xa @ q_down
+        out["q_a_proj.weight"] = q_down[:-1].T
+        if cfg.attention_bias:
+            out["q_a_proj.bias"] = q_down[-1]
+        out["q_b_proj.weight"] = q_up.T
+        out["q_a_layernorm.weight"] = np.full(target.q_lora_rank, np.sqrt(np.mean(cq * cq, axis=1)).mean())
+    else:
+        out["q_proj.weight"] = wq_s
+        if cfg.attention_bias:
+            out["q_proj.bias"] = bq_s
+    return out

@@ -1,0 +1,122 @@
+"""The target modules: MLA naive == absorbed, cached decode == recomputation for every cache (also far past
+the window), exact initialisations where the maths says they must be exact, and clear errors for bad targets."""
+import numpy as np
+import pytest
+import mindspore as ms
+
+from mindedit.edit import GateSWAConfig, MLAConfig, TargetError, edit_model
+from mindedit.eval.generation import greedy_generate
+from mindedit.models import from_pretrained
+
+
+@pytest.fixture(scope="module")
+def teachers(hf_models):
+    return {arch: from_pretrained(path) for arch, (_, path) in hf_models.items()}
+
+
+def calibration(rng, n=2, t=96):
+    return rng.integers(0, 256, (n, t))
+
+
+def logits(model, ids):
+    return model(ms.Tensor(ids, ms.int32)).asnumpy()
+
+
+def full_mla(cfg, init, **kw):
+    """A target that loses nothing: every rotary channel kept, full latent rank, no latent norm."""
+    hk, d = cfg.num_key_value_heads, cfg.head_dim
+    return MLAConfig(kv_lora_rank=2 * hk * d, qk_rope_head_dim=hk * d, latent_norm=False, init=init, **kw)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("init", ["partial_rope_svd", "rorope_svd"])
+def test_lossless_mla_reproduces_the_teacher(teachers, arch, init, rng):
+    """Without key norms, keeping every rotary channel and the full rank must give the teacher back."""
+    teacher = teachers[arch]
+    student = edit_model(teacher, full_mla(teacher.config, init), calibration(rng))
+    ids = rng.integers(0, 256, (2, 48))
+    assert np.abs(logits(student, ids) - logits(teacher, ids)).max() < 2e-4
+
+
+def test_student_shares_the_backbone(teachers, rng):
+    teacher = teachers["qwen3_moe"]
+    student = edit_model(teacher, MLAConfig(kv_lora_rank=32, qk_rope_head_dim=8), calibration(rng))
+    t_params = {n: p for n, p in teacher.parameters_and_names()}
+    s_params = {n: p for n, p in student.parameters_and_names()}
+    shared = [n for n in s_params if "self_attn" not in n]
+    assert shared and all(s_params[n] is t_params[n] for n in shared)
+    assert all("self_attn" in n for n in set(s_params) - set(shared))
+    teacher_objects = {id(p) for p in t_params.values()}
+    assert not any(id(p) in teacher_objects for n, p in s_params.items() if "self_attn" in n)  # new attention
+
+
+@pytest.mark.parametrize("arch, q_lora", [("qwen3", None), ("llama", 48), ("qwen3_moe", None)])
+def test_mla_naive_equals_absorbed(teachers, arch, q_lora, rng):
+    teacher = teachers[arch]
+    student = edit_model(teacher, MLAConfig(kv_lora_rank=24, qk_rope_head_dim=8, q_lora_rank=q_lora), calibration(rng))
+    x = ms.Tensor(rng.standard_normal((2, 30, teacher.config.hidden_size)).astype(np.float32))
+    for layer in student.model.layers:
+        naive = layer.self_attn(x).asnumpy()
+        absorbed = layer.self_attn(x, absorb=True).asnumpy()
+        np.testing.assert_allclose(naive, absorbed, atol=2e-5, rtol=1e-4)
+
+
+def mla_student(teachers, rng):
+    return edit_model(teachers["qwen3"], MLAConfig(kv_lora_rank=24, qk_rope_head_dim=8), calibration(rng))
+
+
+def gateswa_student(teachers, rng, **kw):
+    target = dict(window=8, sink_tokens=2, sink_logit=True, pattern="SF", gate_full_layers=True)
+    target.update(kw)
+    student = edit_model(teachers["qwen3"], GateSWAConfig(**target))
+    for name, p in student.parameters_and_names():  # move gate and sink off their init so they matter
+        if "gate_proj" in name or name.endswith("sinks"):
+            p.set_data(ms.Tensor(rng.standard_normal(p.shape).astype(np.float32)))
+    return student
+
+
+@pytest.mark.parametrize("make", ["mla", "gateswa", "gateswa_no_sinks"])
+def test_cached_decode_equals_recomputation_past_the_window(teachers, make, rng):
+    """40 new tokens after a 6-token prompt: the ring buffer (2 sinks + window 8) wraps several times."""
+    student = {"mla": lambda: mla_student(teachers, rng),
+               "gateswa": lambda: gateswa_student(teachers, rng),
+               "gateswa_no_sinks": lambda: gateswa_student(teachers, rng, sink_tokens=0, sink_logit=False,
+                                                           gate="headwise")}[make]()
+    prompt = rng.integers(0, 256, (2, 6))
+    cached = greedy_generate(student, prompt, 40)
+    full = greedy_generate(student, prompt, 40, use_cache=False)
+    np.testing.assert_array_equal(cached["tokens"], full["tokens"])
+
+
+def test_long_prefill_then_decode_on_a_ring(teachers, rng):
+    """A prompt longer than the ring: prefill writes only the last window (plus sinks) into it."""
+    student = gateswa_student(teachers, rng)
+    prompt = rng.integers(0, 256, (1, 27))
+    cached = greedy_generate(student, prompt, 12)
+    full = greedy_generate(student, prompt, 12, use_cache=False)
+    np.testing.assert_array_equal(cached["tokens"], full["tokens"])
+
+
+def test_gateswa_init_equals_teacher_within_the_window(teachers, rng):
+    teacher = teachers["qwen3"]
+    student = edit_model(teacher, GateSWAConfig(window=32, sink_tokens=4, sink_logit=True, pattern="SF",
+                                                gate_full_layers=True))
+    ids = rng.integers(0, 256, (2, 32))
+    np.testing.assert_allclose(logits(student, ids), logits(teacher, ids), atol=1e-5)
+    longer = rng.integers(0, 256, (2, 60))
+    assert np.abs(logits(student, longer) - logits(teacher, longer)).max() > 1e-3  # the window does bite
+
+
+@pytest.mark.parametrize("target, message", [
+    (MLAConfig(kv_lora_rank=10_000, qk_rope_head_dim=8), r"kv_lora_rank=10000: expected 1\.\.64"),
+    (MLAConfig(kv_lora_rank=16, qk_rope_head_dim=7), "qk_rope_head_dim=7: expected a positive even number"),
+    (MLAConfig(kv_lora_rank=16, qk_rope_head_dim=8, v_head_dim=12), "need init: random"),
+    (MLAConfig(kv_lora_rank=16, qk_rope_head_dim=8, init="svd"), "init='svd': expected one of"),
+    (GateSWAConfig(window=0), r"window=0: expected a positive number"),
+    (GateSWAConfig(window=8, pattern="SSX"), "pattern='SSX'"),
+    (GateSWAConfig(window=8, pattern="S"), "leaves no full-attention layer"),
+    (GateSWAConfig(window=8, layer_types=["sliding"]), "expected 2 entries"),
+])
+def test_bad_targets_are_named(teachers, target, message):
+    with pytest.raises(TargetError, match=message):
+        edit_model(teachers["qwen3"], target, np.zeros((1, 8), np.int64))
