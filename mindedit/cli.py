@@ -42,6 +42,20 @@ def cmd_generate(args):
                       "cache_bytes": out["cache_bytes"]}))
 
 
+def cmd_kv_report(args):
+    from mindedit.config import JobConfigError, load_job_config
+    from mindedit.eval.kv import format_table, kv_report
+    try:
+        job = load_job_config(args.config)
+        shapes = job.model_shapes()
+    except (JobConfigError, OSError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    report = kv_report(shapes, job.target, args.context or job.contexts, job.kv_dtype_bytes)
+    print(f"{job.name}: {job.target.kind} student vs {shapes.model_type} teacher, KV dtype {job.kv_dtype}")
+    print(format_table(report))
+    print(json.dumps(report))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m mindedit",
@@ -73,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--prompt", required=True, help="prompt text")
     sp.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (default 32)")
     sp.set_defaults(func=cmd_generate)
+
+    sp = sub.add_parser("kv-report", help="KV-cache bytes of teacher and student for a job config",
+                        description="KV-cache accounting from the config's model shapes and target: a table, then "
+                                    "one JSON line with teacher_bytes_per_token, student_bytes_per_token and, per "
+                                    "context, teacher/student bytes and the reduction (1 - student/teacher), at "
+                                    "the config's kv_dtype.")
+    sp.add_argument("--config", required=True, help="job YAML (configs/*.yaml)")
+    sp.add_argument("--context", type=int, nargs="+", help="context lengths in tokens (default: eval.contexts)")
+    sp.set_defaults(func=cmd_kv_report)
     return p
 
 

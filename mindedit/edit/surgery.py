@@ -100,6 +100,11 @@ def edit_model(teacher: CausalLM, target, calibration_ids=None, seed: int = 0) -
         layers.append(DecoderLayer(layer.input_layernorm, attn, layer.post_attention_layernorm, layer.mlp))
     body = DecoderModel(teacher.model.embed_tokens, layers, teacher.model.norm)
     student = CausalLM(cfg, dtype, body, getattr(teacher, "lm_head", None))
+    # Graph mode needs unique Parameter names across one graph (stage 2 and evaluation run teacher and student
+    # together): the student's own parameters carry a "student." prefix; checkpoint names come from the path.
+    for name, p in student.parameters_and_names():
+        if "self_attn" in name:
+            p.name = "student." + name
     student.target = target
     student.set_train(False)
     return student

@@ -17,33 +17,39 @@ from mindedit.utils.progress import Progress
 
 
 def compile_chunk_nll(model):
-    """Graph-mode step: (ids [B, T], targets [B, T], caches, pos) -> (nll [B, T] float32, caches)."""
+    """Graph-mode step: (ids [B, T], targets [B, T], (caches,), pos) -> (nll [B, T] float32, (caches,))."""
 
     @ms.jit
     def chunk_nll(ids, targets, caches, pos):
-        logits, caches = model(ids, caches, pos)
+        logits, c = model(ids, caches[0], pos)
         logp = mint.nn.functional.log_softmax(logits, dim=-1)
-        return -mint.gather(logp, -1, targets.unsqueeze(-1)).squeeze(-1), caches
+        return -mint.gather(logp, -1, targets.unsqueeze(-1)).squeeze(-1), (c,)
 
     return chunk_nll
 
 
-def token_nll(model, ids: np.ndarray, chunk: int = 512, step=None, full_caches: bool = True) -> np.ndarray:
-    """NLL of tokens 1..T-1 of each row of ids [B, T] given everything before them: [B, T-1] float64."""
-    step = step or compile_chunk_nll(model)
+def run_chunked(step, models, ids: np.ndarray, chunk: int) -> list:
+    """Scores next tokens of ids [B, T] chunk by chunk. ``step(inputs, targets, caches, pos)`` returns
+    (per-token outputs..., new caches); ``models`` are those whose caches step threads (each gets a full cache).
+    Returns each per-token output as [B, T-1] float64."""
     b, t = ids.shape
     chunk = min(chunk, t - 1)
     n = -(-(t - 1) // chunk) * chunk  # padded to whole chunks: one graph shape, compiled once
     inputs = np.zeros((b, n), np.int32)
     targets = np.zeros((b, n), np.int32)
     inputs[:, :t - 1], targets[:, :t - 1] = ids[:, :-1], ids[:, 1:]
-    caches = model.init_caches(b, n, full=full_caches)
-    out = []
+    caches = tuple(m.init_caches(b, n, full=True) for m in models)
+    outs = []
     for s in range(0, n, chunk):
-        nll, caches = step(ms.Tensor(inputs[:, s:s + chunk]), ms.Tensor(targets[:, s:s + chunk]),
-                           ms.mutable(caches), ms.Tensor(np.array([s], np.int32)))
-        out.append(nll.asnumpy().astype(np.float64))
-    return np.concatenate(out, axis=1)[:, :t - 1]
+        *values, caches = step(ms.Tensor(inputs[:, s:s + chunk]), ms.Tensor(targets[:, s:s + chunk]),
+                               ms.mutable(caches), ms.Tensor(np.array([s], np.int32)))
+        outs.append([v.asnumpy().astype(np.float64) for v in values])
+    return [np.concatenate(col, axis=1)[:, :t - 1] for col in zip(*outs)]
+
+
+def token_nll(model, ids: np.ndarray, chunk: int = 512, step=None) -> np.ndarray:
+    """NLL of tokens 1..T-1 of each row of ids [B, T] given everything before them: [B, T-1] float64."""
+    return run_chunked(step or compile_chunk_nll(model), [model], ids, chunk)[0]
 
 
 def windows(token_ids, seq_len: int, max_windows: int = 0) -> np.ndarray:

@@ -1,0 +1,79 @@
+"""kv-report against hand arithmetic from the published shapes, and against the bytes the caches really hold."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mindedit.attention import cache_nbytes
+from mindedit.config import JobConfigError, load_job_config
+from mindedit.edit import GateSWAConfig, MLAConfig, edit_model
+from mindedit.eval.kv import kv_report
+from mindedit.models import from_pretrained
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def report(name, *contexts):
+    proc = subprocess.run([sys.executable, "-m", "mindedit", "kv-report", "--config", str(CONFIGS / name),
+                           "--context", *map(str, contexts)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "reduction" in proc.stdout  # the table
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_qwen3_8b_mla_by_hand():
+    r = report("qwen3_8b_mla.yaml", 32768)
+    assert r["teacher_bytes_per_token"] == 36 * 2 * 8 * 128 * 2          # layers x (k, v) x heads x dim x bf16
+    assert r["student_bytes_per_token"] == 36 * (512 + 64) * 2
+    assert r["contexts"][0]["reduction"] == pytest.approx(1 - 576 / 2048) and r["contexts"][0]["reduction"] >= 0.70
+
+
+def test_qwen3_30b_a3b_mla_by_hand():
+    r = report("qwen3_30b_a3b_mla.yaml", 32768)
+    assert r["teacher_bytes_per_token"] == 48 * 2 * 4 * 128 * 2
+    assert r["student_bytes_per_token"] == 48 * (256 + 32) * 2
+    assert r["contexts"][0]["reduction"] == pytest.approx(1 - 288 / 1024) and r["contexts"][0]["reduction"] >= 0.70
+
+
+@pytest.mark.parametrize("name, layers, kv_heads", [("qwen3_8b_gateswa.yaml", 36, 8),
+                                                     ("qwen3_30b_a3b_gateswa.yaml", 48, 4)])
+def test_gateswa_by_hand_at_32k(name, layers, kv_heads):
+    r = report(name, 32768, 512)
+    full, sliding = layers // 6, layers - layers // 6                   # pattern SSSSSF
+    per_token = 2 * kv_heads * 128 * 2
+    long, short = r["contexts"]
+    assert long["teacher_bytes"] == layers * 32768 * per_token
+    assert long["student_bytes"] == (full * 32768 + sliding * (1024 + 4)) * per_token
+    assert long["reduction"] >= 0.80
+    assert short["student_bytes"] == layers * 512 * per_token              # shorter than the window: no saving
+    assert r["student_bytes_per_token"] == full * per_token
+
+
+def test_report_matches_allocated_caches(hf_models, rng):
+    """The formula counts what init_caches really allocates, for every cache kind."""
+    teacher = from_pretrained(hf_models["qwen3"][1])
+    cfg = teacher.config
+    students = [edit_model(teacher, MLAConfig(kv_lora_rank=24, qk_rope_head_dim=8), rng.integers(0, 256, (1, 80))),
+                edit_model(teacher, GateSWAConfig(window=8, sink_tokens=2, pattern="SF"))]
+    for context in (6, 100):
+        assert kv_report(cfg, students[0].target, [context], 4)["contexts"][0]["teacher_bytes"] == \
+            cache_nbytes(teacher.init_caches(1, context))
+        for s in students:
+            assert kv_report(cfg, s.target, [context], 4)["contexts"][0]["student_bytes"] == \
+                cache_nbytes(s.init_caches(1, context))
+
+
+def test_bad_job_config_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((CONFIGS / "qwen3_8b_mla.yaml").read_text().replace("kv_lora_rank: 512", "kv_lora_rank: 99999"))
+    with pytest.raises(JobConfigError, match=r"bad\.yaml: target\.kv_lora_rank=99999"):
+        load_job_config(bad)
+    bad.write_text("model: {path: x}\ntarget: {kind: mla}\nstage9: {}\n")
+    with pytest.raises(JobConfigError, match=r"bad\.yaml: unknown section 'stage9'"):
+        load_job_config(bad)
+    bad.write_text("model: [1, 2\n")
+    with pytest.raises(JobConfigError, match="not valid YAML"):
+        load_job_config(bad)
