@@ -44,11 +44,15 @@ class Rotary(nn.Cell):
         self.inv_freq = ms.Tensor(inv.astype(np.float32))
 
     def cos_sin(self, start, length: int):
-        """[length, dim] cos and sin for positions start.. (start: an int or an int tensor [1])."""
-        pos = ops.arange(0, length).astype(ms.float32) + start
-        freqs = pos.unsqueeze(1) * self.inv_freq.unsqueeze(0)
-        emb = mint.cat([freqs, freqs], dim=-1)
-        return mint.cos(emb), mint.sin(emb)
+        return rotary_cos_sin(self.inv_freq, start, length)
+
+
+def rotary_cos_sin(inv_freq, start, length: int):
+    """[length, 2 * len(inv_freq)] cos and sin for positions start.. (start: an int or an int tensor [1])."""
+    pos = ops.arange(0, length).astype(ms.float32) + start
+    freqs = pos.unsqueeze(1) * inv_freq.unsqueeze(0)
+    emb = mint.cat([freqs, freqs], dim=-1)
+    return mint.cos(emb), mint.sin(emb)
 
 
 def apply_rotary(x, cos, sin):

@@ -11,7 +11,6 @@ Same projections and norms as the source GQA attention (copied at conversion), p
 Cache: a ring buffer of ``sink_tokens + window`` slots, bounded whatever the context length (or a full KV
 cache when ``window == 0``, a gated full-attention layer).
 """
-from dataclasses import dataclass
 
 import numpy as np
 import mindspore as ms

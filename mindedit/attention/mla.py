@@ -25,7 +25,7 @@ from mindspore import Parameter, mint, nn, ops
 
 from ascend_ops import FusedAttention
 from mindedit.attention.caches import write_slots
-from mindedit.layers import RMSNorm, apply_rotary, linear
+from mindedit.layers import RMSNorm, apply_rotary, linear, rotary_cos_sin
 
 
 class MLAAttention(nn.Cell):
@@ -61,10 +61,7 @@ class MLAAttention(nn.Cell):
 
     # -- pieces shared by both modes -------------------------------------------------------------------
     def cos_sin(self, start, length: int):
-        pos = ops.arange(0, length).astype(ms.float32) + start
-        freqs = pos.unsqueeze(1) * self.rotary_inv_freq.unsqueeze(0)
-        emb = mint.cat([freqs, freqs], dim=-1)
-        return mint.cos(emb), mint.sin(emb)
+        return rotary_cos_sin(self.rotary_inv_freq, start, length)
 
     def queries(self, x, cos, sin):
         """q_nope [B, H, T, nope], q_pe [B, H, T, rope] (rotary applied)."""
