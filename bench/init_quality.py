@@ -9,6 +9,7 @@ layer inputs (teacher-forced, mean and worst layer), then whole-model KL(teacher
 and perplexity ratio at a context of --context tokens (>= 4x the GateSWA window of 256).
 """
 import argparse
+import gc
 import json
 import sys
 import time
@@ -74,6 +75,10 @@ def main():
                      "layer_err_max": float(np.max(errs)), "layer_errors": errs, **cmp,
                      "seconds": time.perf_counter() - t0})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "layer_errors"}), file=sys.stderr)
+        # each compiled graph keeps its buffers (docs/environment.md): free them before the next student
+        del student
+        gc.collect()
+        ms.ms_memory_recycle()
     print(f"SmolLM2-135M, no training; eval {EVAL_FILE}, {args.windows} x {args.context} tokens; calibration "
           f"{args.calibration_tokens} tokens of {', '.join(CALIBRATION_FILES)}; teacher ppl {rows[0]['teacher_ppl']:.3f}")
     head = (f"{'variant':<28} | {'KV cut':>6} | {'layer err mean':>14} | {'layer err max':>13} | "

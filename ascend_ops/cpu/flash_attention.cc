@@ -58,15 +58,21 @@ inline vf vexp(vf x) {
   return under ? vset(0.f) : res;
 }
 
-// C[M][N] += A[M][K] @ B[K][N], row-major with leading dimensions; M % 4 == 0, N % 16 == 0.
+// C[M][N] (+)= A[M][K] @ B[K][N], row-major with leading dimensions; M % 4 == 0, N % 16 == 0.
 // A 4 x 16 register block: 8 accumulators, 2 loads of B and 4 broadcasts of A per 8 FMAs.
+// Accumulate = false overwrites C (no zero-fill pass over C needed).
+template <bool Accumulate = true>
 void gemm_acc(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
               int64_t ldc) {
   for (int64_t i = 0; i < M; i += 4) {
     for (int64_t j = 0; j < N; j += 16) {
       float* c = C + i * ldc + j;
-      vf c00 = vload(c), c01 = vload(c + 8), c10 = vload(c + ldc), c11 = vload(c + ldc + 8);
-      vf c20 = vload(c + 2 * ldc), c21 = vload(c + 2 * ldc + 8), c30 = vload(c + 3 * ldc), c31 = vload(c + 3 * ldc + 8);
+      const vf z = vset(0.f);
+      vf c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z, c30 = z, c31 = z;
+      if (Accumulate) {
+        c00 = vload(c); c01 = vload(c + 8); c10 = vload(c + ldc); c11 = vload(c + ldc + 8);
+        c20 = vload(c + 2 * ldc); c21 = vload(c + 2 * ldc + 8); c30 = vload(c + 3 * ldc); c31 = vload(c + 3 * ldc + 8);
+      }
       const float* a = A + i * lda;
       for (int64_t p = 0; p < K; ++p) {
         const vf b0 = vload(B + p * ldb + j), b1 = vload(B + p * ldb + j + 8);
@@ -122,16 +128,14 @@ inline bool tile_full(const Dims& d, int64_t p0, int64_t p1, int64_t k0, int64_t
   return d.window <= 0 || k1 - 1 < d.sink_tokens || p1 - k0 < d.window;
 }
 
-// S = scale * Qp Kt over one tile, then -inf where a key is not visible (or is padding).
+// S = Qp Kt over one tile (Qp is pre-scaled by the softmax scale), then -inf where a key is not visible (or is
+// padding).
 void tile_scores(const Dims& d, const float* Qp, int64_t Dp, const float* Kt, int64_t ldk, int64_t p0, int64_t nq,
                  int64_t k0, int64_t nk, float* S) {
-  std::fill(S, S + kBQ * kBK, 0.f);
-  gemm_acc(kBQ, kBK, d.D, Qp, Dp, Kt, ldk, S, kBK);
-  const bool full = nk == kBK && tile_full(d, p0, p0 + nq - 1, k0, k0 + nk);
+  gemm_acc<false>(kBQ, kBK, d.D, Qp, Dp, Kt, ldk, S, kBK);
+  if (nk == kBK && tile_full(d, p0, p0 + nq - 1, k0, k0 + nk)) return;
   for (int64_t r = 0; r < kBQ; ++r) {
     float* s = S + r * kBK;
-    for (int64_t c = 0; c < kBK; c += kLanes) vstore(s + c, vload(s + c) * vset(d.scale));
-    if (full) continue;
     for (int64_t c = 0; c < kBK; ++c)
       if (r >= nq || c >= nk || !visible(d, p0 + r, k0 + c)) s[c] = kNegInf;
   }
@@ -165,6 +169,7 @@ void forward(const Dims& d, const float* q, const float* k, const float* v, cons
       const int64_t i0 = qb * kBQ, nq = std::min(kBQ, d.Tq - i0);
       const int64_t p0 = d.q_offset() + i0, p1 = p0 + nq - 1;
       copy_pad(q + (bh * d.Tq + i0) * d.D, nq, d.D, kBQ, Dp, Qp.data());
+      for (float& x : Qp) x *= d.scale;
       const float s0 = d.use_sink ? sink[h] : kNegInf;
       for (int64_t r = 0; r < kBQ; ++r) { m[r] = s0; l[r] = d.use_sink ? 1.f : 0.f; }
       std::fill(acc.begin(), acc.end(), 0.f);
@@ -254,10 +259,10 @@ void backward(const Dims& d, const float* q, const float* k, const float* v, con
             const int64_t p0 = d.q_offset() + i0, p1 = p0 + nq - 1;
             if (!tile_visible(d, p0, p1, k0, k0 + nk)) continue;
             copy_pad(q + (bh * d.Tq + i0) * d.D, nq, d.D, kBQ, Dp, Qp.data());
+            for (float& x : Qp) x *= d.scale;
             copy_pad(dout + (bh * d.Tq + i0) * d.Dv, nq, d.Dv, kBQ, Dvp, dOp.data());
             tile_scores(d, Qp.data(), Dp, Kt.data(), kBK, p0, nq, k0, nk, S.data());
-            std::fill(dS.begin(), dS.end(), 0.f);
-            gemm_acc(kBQ, kBK, d.Dv, dOp.data(), Dvp, Vt.data(), kBK, dS.data(), kBK);   // dP = dO V^T
+            gemm_acc<false>(kBQ, kBK, d.Dv, dOp.data(), Dvp, Vt.data(), kBK, dS.data(), kBK);  // dP = dO V^T
             for (int64_t r = 0; r < kBQ; ++r) {
               float* s = S.data() + r * kBK;
               float* ds = dS.data() + r * kBK;
@@ -271,7 +276,7 @@ void backward(const Dims& d, const float* q, const float* k, const float* v, con
               for (int64_t c = 0; c < kBK; c += kLanes) {
                 const vf p = vexp(vload(s + c) - vset(L));
                 vstore(s + c, p);                                              // P
-                vstore(ds + c, p * (vload(ds + c) - dl) * vset(d.scale));      // dS, softmax scale folded in
+                vstore(ds + c, p * (vload(ds + c) - dl));                      // dS (of the scaled scores)
               }
             }
             for (int64_t r = 0; r < kBQ; ++r)
@@ -280,12 +285,11 @@ void backward(const Dims& d, const float* q, const float* k, const float* v, con
                 dSt[c * kBQ + r] = dS[r * kBK + c];
               }
             gemm_acc(kBK, Dvp, kBQ, Pt.data(), kBQ, dOp.data(), Dvp, dVt.data(), Dvp);   // dV += P^T dO
-            gemm_acc(kBK, Dp, kBQ, dSt.data(), kBQ, Qp.data(), Dp, dKt.data(), Dp);      // dK += dS^T Q
-            std::fill(dQt.begin(), dQt.end(), 0.f);
-            gemm_acc(kBQ, Dp, kBK, dS.data(), kBK, Kp.data(), Dp, dQt.data(), Dp);       // dQ += dS K
+            gemm_acc(kBK, Dp, kBQ, dSt.data(), kBQ, Qp.data(), Dp, dKt.data(), Dp);      // dK += dS^T (scale Q)
+            gemm_acc<false>(kBQ, Dp, kBK, dS.data(), kBK, Kp.data(), Dp, dQt.data(), Dp);  // dQ = dS K (x scale below)
             for (int64_t r = 0; r < nq; ++r) {
               float* dqr = dq + (bh * d.Tq + i0 + r) * d.D;
-              for (int64_t e = 0; e < d.D; ++e) dqr[e] += dQt[r * Dp + e];
+              for (int64_t e = 0; e < d.D; ++e) dqr[e] += dQt[r * Dp + e] * d.scale;
             }
           }
         }
