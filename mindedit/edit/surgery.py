@@ -35,13 +35,13 @@ def assign(cell, values: dict, where: str):
 
 def attention_inputs(model, ids: np.ndarray) -> list:
     """What each layer's attention sees (the normed hidden state) on calibration ids [B, T]: [N, hidden] each."""
-    x = model.model.embed_tokens(ms.Tensor(ids.astype(np.int32)))
-    out = []
-    for layer in model.model.layers:
-        h = layer.input_layernorm(x)
-        out.append(h.asnumpy().reshape(-1, h.shape[-1]).astype(np.float64))
-        x = layer(x)
-    return out
+    # jit a plain function, not the bound method: jitting a cell's non-construct method directly makes later
+    # graphs that call the cell pick up that method's graph (MindSpore 2.10)
+    def tap(x):
+        return model.model.attention_io(x)
+
+    inputs, _ = ms.jit(tap)(ms.Tensor(ids.astype(np.int32)))
+    return [h.asnumpy().reshape(-1, h.shape[-1]).astype(np.float64) for h in inputs]
 
 
 def copy_of(src: GQAAttention, cfg, dtype) -> GQAAttention:

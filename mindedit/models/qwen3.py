@@ -79,10 +79,17 @@ class DecoderLayer(nn.Cell):
         return cls(RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype), GQAAttention(cfg, dtype),
                    RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype), mlp)
 
+    def attention_io(self, x):
+        """(next hidden state, this layer's attention input, its attention output): what layer-wise
+        distillation taps."""
+        h = self.input_layernorm(x)
+        a = self.self_attn(h)
+        x = x + a
+        return x + self.mlp(self.post_attention_layernorm(x)), h, a
+
     def construct(self, x, cache=None, pos=None):
         if cache is None:
-            x = x + self.self_attn(self.input_layernorm(x))
-            return x + self.mlp(self.post_attention_layernorm(x))
+            return self.attention_io(x)[0]
         a, cache = self.self_attn(self.input_layernorm(x), cache, pos)
         x = x + a
         return x + self.mlp(self.post_attention_layernorm(x)), cache
@@ -112,6 +119,15 @@ class DecoderModel(nn.Cell):
             x, c = layer(x, caches[i], pos)
             new_caches = new_caches + (c,)
         return self.norm(x), new_caches
+
+    def attention_io(self, input_ids):
+        """Per layer, the attention's input and output on a forward pass: two tuples of [B, T, hidden]."""
+        x = self.embed_tokens(input_ids)
+        inputs, outputs = (), ()
+        for layer in self.layers:
+            x, h, a = layer.attention_io(x)
+            inputs, outputs = inputs + (h,), outputs + (a,)
+        return inputs, outputs
 
 
 class CausalLM(nn.Cell):
