@@ -58,9 +58,14 @@ class GateSWAAttention(GQAAttention):
         return self.sink_tokens + self.window
 
     def init_cache(self, batch: int, capacity: int, full: bool = False):
-        """A ring of sink_tokens + window slots (never more than capacity); a full cache if asked (chunked
-        prefill) or for a full-attention layer."""
-        slots = capacity if (full or not self.window) else min(self.capacity, capacity)
+        """A ring of exactly sink_tokens + window slots, or fewer when ``capacity`` is smaller (then positions never
+        wrap); a full cache when asked (chunked prefill) or for a full-attention layer. construct() tells them
+        apart by size: a ring has exactly sink_tokens + window slots, so a full cache of that capacity gets one
+        spare slot."""
+        if full or not self.window:
+            slots = capacity + int(bool(self.window) and capacity == self.capacity)
+        else:
+            slots = min(self.capacity, capacity)
         return kv_cache(batch, self.num_kv_heads, slots, self.head_dim, self.head_dim, self.dtype)
 
     def gated(self, x, o):
@@ -82,8 +87,9 @@ class GateSWAAttention(GQAAttention):
             return self.merge_heads(self.gated(x, self.attn(q, k, v, sink)))
         q, k, v = self.project(x, pos)
         cap = cache[0].shape[2]
-        if not self.window or cap > self.capacity:
-            # a full cache: slots are positions, the kernel's window/sink mask applies as without a cache
+        if cap != self.capacity:
+            # slots are positions (a full cache, or a ring too small to ever wrap): the kernel's window/sink mask
+            # applies as without a cache, for any chunk at any position
             k_all, v_all = write_slots(cache[0], k, pos), write_slots(cache[1], v, pos)
             o = self.attn(q, k_all, v_all, sink, pos + t)
             return self.merge_heads(self.gated(x, o)), (k_all, v_all)
