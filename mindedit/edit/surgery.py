@@ -58,8 +58,8 @@ def gateswa_attention(src, cfg, target: GateSWAConfig, layer: int, dtype):
                             target.sink_logit and sliding, target.gate, dtype)
     # q/k/v/o and norms copied from the source; the gate (zeros) starts open and the sink logit at -20: equal to
     # the teacher whenever the context fits in the window
+    src_params = dict(src.parameters_and_names())
     for name, p in attn.parameters_and_names():
-        src_params = dict(src.parameters_and_names())
         if name in src_params:
             p.set_data(src_params[name].value().copy())
     return attn

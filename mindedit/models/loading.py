@@ -32,7 +32,6 @@ def load_weights(model, tensors, source: str):
     """Assigns (name, array, file) triples to the model's parameters. Every parameter must be given exactly
     once with its exact shape; a tensor the model does not have is an error (nothing is silently dropped)."""
     params = dict(model.parameters_and_names())
-    params = {name: p for name, p in params.items()}
     tied = model.config.tie_word_embeddings
     seen = set()
     for name, array, path in tensors:
