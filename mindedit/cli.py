@@ -56,6 +56,41 @@ def cmd_kv_report(args):
     print(json.dumps(report))
 
 
+def _job(args):
+    from mindedit.config import JobConfigError, load_job_config
+    from mindedit.job import Job
+    try:
+        return Job(load_job_config(args.config), args.run_dir)
+    except (JobConfigError, OSError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def cmd_run(args):
+    from mindedit.eval.report import headline
+    job = _job(args)
+    report = job.run()
+    print(f"\n{job.cfg.name}: {headline(report)}")
+    print(f"report: {job.run_dir / 'report.md'}   model: {job.run_dir / 'export'}")
+    print(f"dashboard: bash scripts/dashboard.sh {job.run_dir}")
+
+
+def cmd_prepare_data(args):
+    _job(args).prepare_data()
+
+
+def cmd_eval(args):
+    job = _job(args)
+    job.prepare_data()
+    job.build_models()
+    from mindedit.io import checkpoint
+    found = checkpoint.latest(job.run_dir / "checkpoints")
+    if found:
+        checkpoint.load(found[0], job.weights, {})
+        print(f"student from {found[0]}")
+    result = job.evaluate("cli", reuse=False)
+    print(json.dumps(result))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m mindedit",
@@ -96,6 +131,29 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", required=True, help="job YAML (configs/*.yaml)")
     sp.add_argument("--context", type=int, nargs="+", help="context lengths in tokens (default: eval.contexts)")
     sp.set_defaults(func=cmd_kv_report)
+
+    def job_args(sp):
+        sp.add_argument("--config", required=True, help="job YAML (configs/*.yaml)")
+        sp.add_argument("--run-dir", help="run directory (default runs/<name>)")
+
+    sp = sub.add_parser("run", help="the whole conversion job: data, stage 1, stage 2, eval, report, export",
+                        description="Runs a job config end to end into runs/<name>/ (metrics.jsonl, summary/ for "
+                                    "MindInsight, checkpoints/, report.json, report.md, plots/, export/). Rerunning "
+                                    "the same command resumes from the newest valid checkpoint.")
+    job_args(sp)
+    sp.set_defaults(func=cmd_run)
+    sp = sub.add_parser("prepare-data", help="tokenize the config's train/eval files into token shards",
+                        description="Writes runs/<name>/data/{train,eval}.bin (uint32 tokens) and manifest.json "
+                                    "(files, sha256, token counts, skipped files, tokenizer hash). Reruns with "
+                                    "unchanged inputs do nothing.")
+    job_args(sp)
+    sp.set_defaults(func=cmd_prepare_data)
+    sp = sub.add_parser("eval", help="teacher vs student on the held-out files (newest checkpoint)",
+                        description="Perplexity of teacher and student, KL(teacher || student) and top-1 agreement "
+                                    "at eval.seq_len on the eval files, with the student of the newest valid "
+                                    "checkpoint (the initial student if there is none). Prints one JSON line.")
+    job_args(sp)
+    sp.set_defaults(func=cmd_eval)
     return p
 
 

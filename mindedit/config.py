@@ -5,7 +5,10 @@ Every error names the file and the key. Sections so far:
     model: {path: HF dir | .gguf | asset:NAME} or {config: {HF config.json body}}  (+ dtype)
     target: {kind: mla | gateswa, ...}   (mindedit.edit.config)
     kv_dtype: float32 | bfloat16 | float16   (what the KV report counts; bf16 on 910B)
-    eval: {contexts: [...]}
+    data: {train: [globs], eval: [globs], seq_len}      text files (relative to the config, or asset:sotu/...)
+    train: {seed, batch_size, grad_accum, checkpoint_every, stage1: {...}, stage2: {...}}
+    eval: {contexts: [...], seq_len, max_windows, decode_tokens}
+The keys of data, train and eval, their types and defaults are in SCHEMAS below.
 """
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +19,58 @@ import yaml
 from mindedit.edit.config import TargetError, target_from_dict
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-ASSETS = {"smollm2-135m": "smollm2_gguf"}
-SECTIONS = {"name", "model", "target", "kv_dtype", "eval"}
+ASSETS = {"smollm2-135m": "smollm2_gguf", "tiny-qwen3": "tiny_qwen3"}
+SECTIONS = {"name", "model", "target", "kv_dtype", "data", "train", "eval"}
+
+# key: (type, default); a default of REQUIRED must be given. Numbers must be >= 0 unless noted in _check.
+REQUIRED = object()
+STAGE = {"tokens": (int, 0), "steps": (int, 0), "lr": (float, 1e-4), "warmup_steps": (int, 0),
+         "schedule": (str, "cosine"), "min_lr_ratio": (float, 0.1), "clip": (float, 1.0),
+         "weight_decay": (float, 0.0), "beta1": (float, 0.9), "beta2": (float, 0.95)}
+SCHEMAS = {
+    "data": {"train": (list, REQUIRED), "eval": (list, REQUIRED), "seq_len": (int, 512)},
+    "train": {"seed": (int, 0), "batch_size": (int, 1), "grad_accum": (int, 1), "checkpoint_every": (int, 50),
+              "stage1": (dict, {}), "stage2": (dict, {})},
+    "train.stage1": dict(STAGE),
+    "train.stage2": dict(STAGE, kl=(str, "forward"), temperature=(float, 1.0), feature_weight=(float, 0.0),
+                         feature_layers=(list, []), ce_weight=(float, 0.0), trainable=(str, "attention")),
+    "eval": {"contexts": (list, [4096, 32768]), "seq_len": (int, 1024), "max_windows": (int, 8),
+             "decode_tokens": (int, 32)},
+}
+CHOICES = {"schedule": ("cosine", "linear", "constant"),
+           "train.stage2.kl": ("forward", "reverse", "both"),
+           "train.stage2.trainable": ("attention", "attention+norms", "all")}
+
+
+def section(raw, name: str, where: str) -> dict:
+    """Validates one mapping against SCHEMAS[name]: unknown keys, types, choices; fills defaults."""
+    schema = SCHEMAS[name]
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise JobConfigError(f"{where}: {name}: expected a mapping with keys {sorted(schema)}")
+    unknown = sorted(set(raw) - set(schema))
+    if unknown:
+        raise JobConfigError(f"{where}: {name}.{unknown[0]}: unknown key; expected some of {sorted(schema)}")
+    out = {}
+    for key, (kind, default) in schema.items():
+        full = f"{name}.{key}"
+        if key not in raw:
+            if default is REQUIRED:
+                raise JobConfigError(f"{where}: {full}: required")
+            out[key] = default
+            continue
+        value = raw[key]
+        ok = isinstance(value, kind) and not isinstance(value, bool) or (kind is float and isinstance(value, int)
+                                                                          and not isinstance(value, bool))
+        if not ok:
+            raise JobConfigError(f"{where}: {full}={value!r}: expected {kind.__name__}")
+        if kind in (int, float) and value < 0:
+            raise JobConfigError(f"{where}: {full}={value!r}: expected a non-negative number")
+        choices = CHOICES.get(full) or CHOICES.get(key)
+        if choices and value not in choices:
+            raise JobConfigError(f"{where}: {full}={value!r}: expected one of {choices}")
+        out[key] = float(value) if kind is float else value
+    return out
 
 
 class JobConfigError(ValueError):
@@ -34,6 +87,9 @@ class JobConfig:
     target: object = None
     kv_dtype: str = "float32"
     contexts: list = field(default_factory=lambda: [4096, 32768])
+    data: Optional[dict] = None
+    train: dict = field(default_factory=lambda: section({}, "train", "defaults"))
+    eval: dict = field(default_factory=lambda: section({}, "eval", "defaults"))
 
     @property
     def kv_dtype_bytes(self) -> int:
@@ -94,8 +150,36 @@ def load_job_config(path) -> JobConfig:
         cfg.target.resolve(cfg.model_shapes(), where=f"{path}: target")
     except TargetError as e:
         raise JobConfigError(str(e)) from None
-    contexts = (raw.get("eval") or {}).get("contexts", cfg.contexts)
-    if not isinstance(contexts, list) or not all(isinstance(c, int) and c > 0 for c in contexts):
+    cfg.eval = section(raw.get("eval"), "eval", src)
+    contexts = cfg.eval["contexts"]
+    if not all(isinstance(c, int) and c > 0 for c in contexts):
         raise JobConfigError(f"{path}: eval.contexts={contexts!r}: expected a list of positive token counts")
     cfg.contexts = contexts
+    if "data" in raw:
+        cfg.data = section(raw["data"], "data", src)
+        if cfg.data["seq_len"] < 2:
+            raise JobConfigError(f"{path}: data.seq_len={cfg.data['seq_len']}: expected at least 2")
+    train = section(raw.get("train"), "train", src)
+    for stage in ("stage1", "stage2"):
+        train[stage] = section(train[stage], f"train.{stage}", src)
+        if train[stage]["tokens"] and train[stage]["steps"]:
+            raise JobConfigError(f"{path}: train.{stage}: give tokens or steps, not both")
+    for key in ("batch_size", "grad_accum", "checkpoint_every"):
+        if train[key] < 1:
+            raise JobConfigError(f"{path}: train.{key}={train[key]}: expected at least 1")
+    layers = cfg.model_shapes().num_hidden_layers
+    bad = [i for i in train["stage2"]["feature_layers"] if not isinstance(i, int) or not 0 <= i < layers]
+    if bad:
+        raise JobConfigError(f"{path}: train.stage2.feature_layers: {bad[0]!r} is not a layer index 0..{layers - 1}")
+    cfg.train = train
     return cfg
+
+
+def stage_steps(cfg: JobConfig, stage: str, dp_size: int = 1) -> int:
+    """A stage's optimizer steps: its ``steps``, or its ``tokens`` budget over tokens per global step (rounded
+    up)."""
+    spec, t = cfg.train[stage], cfg.train
+    if spec["steps"]:
+        return spec["steps"]
+    per_step = t["batch_size"] * t["grad_accum"] * dp_size * cfg.data["seq_len"]
+    return -(-spec["tokens"] // per_step)

@@ -26,3 +26,28 @@ def sotu_dir() -> Path:
     if not d.is_dir():
         raise FileNotFoundError(f"{d}: State of the Union corpus not fetched: run `bash scripts/setup.sh`")
     return d
+
+
+TINY_QWEN3 = {"model_type": "qwen3", "vocab_size": 49152, "hidden_size": 64, "intermediate_size": 128,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+              "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 4096,
+              "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2}
+
+
+def tiny_qwen3() -> Path:
+    """A 2-layer Qwen3 with seeded random weights (normal(0, 0.02), unit norms) and SmolLM2's tokenizer, written
+    once as an HF directory under the cache: the model of the seconds-long CI job (configs/tiny_gateswa.yaml)."""
+    out = cache_dir() / "tiny-qwen3"
+    if (out / "model.safetensors").is_file():
+        return out
+    import numpy as np
+    from mindedit.data.tokenizer import load_tokenizer
+    from mindedit.io.export import save_pretrained
+    from mindedit.models import CausalLM, ModelConfig
+    model = CausalLM(ModelConfig.from_hf_dict(TINY_QWEN3, source="tiny-qwen3"))
+    rng = np.random.default_rng(0)
+    for name, p in model.parameters_and_names():
+        shape = tuple(p.shape)
+        value = np.ones(shape) if name.endswith("norm.weight") else rng.normal(0.0, 0.02, shape)
+        p.set_data(type(p.value())(value.astype(np.float32)))
+    return save_pretrained(model, out, load_tokenizer(smollm2_gguf()))

@@ -4,12 +4,13 @@ The student shares every non-attention cell with the teacher (embedding, norms, 
 same Parameter objects, one copy in memory). Its attention modules are new: copies of the source for GateSWA
 (and for full-attention layers kept as they are), MLA modules initialised from the source by mindedit.edit.mla_init.
 """
+import copy
+from dataclasses import asdict, replace
+
 import numpy as np
 import mindspore as ms
 
-from mindedit.attention import GQAAttention
-from mindedit.attention.gateswa import GateSWAAttention
-from mindedit.attention.mla import MLAAttention
+from mindedit.attention.targets import build_attention
 from mindedit.edit.config import GateSWAConfig, MLAConfig
 from mindedit.edit.mla_init import init_mla_layer
 from mindedit.models.qwen3 import CausalLM, DecoderLayer, DecoderModel
@@ -44,19 +45,9 @@ def attention_inputs(model, ids: np.ndarray) -> list:
     return [h.asnumpy().reshape(-1, h.shape[-1]).astype(np.float64) for h in inputs]
 
 
-def copy_of(src: GQAAttention, cfg, dtype) -> GQAAttention:
-    dst = GQAAttention(cfg, dtype)
-    assign(dst, params_numpy(src), "copy of the source attention")
-    return dst
-
-
-def gateswa_attention(src, cfg, target: GateSWAConfig, layer: int, dtype):
-    sliding = target.layer_types[layer] == "sliding"
-    if not sliding and not target.gate_full_layers:
-        return copy_of(src, cfg, dtype)
-    attn = GateSWAAttention(cfg, target.window if sliding else 0, target.sink_tokens if sliding else 0,
-                            target.sink_logit and sliding, target.gate, dtype)
-    # q/k/v/o and norms copied from the source; the gate (zeros) starts open and the sink logit at -20: equal to
+def gateswa_attention(src, cfg, target: dict, layer: int, dtype):
+    attn = build_attention(cfg, target, layer, dtype)
+    # q/k/v/o and norms copied from the source; a gate (zeros) starts open and the sink logit at -20: equal to
     # the teacher whenever the context fits in the window
     src_params = dict(src.parameters_and_names())
     for name, p in attn.parameters_and_names():
@@ -66,7 +57,7 @@ def gateswa_attention(src, cfg, target: GateSWAConfig, layer: int, dtype):
 
 
 def mla_attention(src, cfg, target: MLAConfig, x, dtype, rng):
-    attn = MLAAttention(cfg, target, dtype)
+    attn = build_attention(cfg, asdict(target), 0, dtype)
     values = init_mla_layer(params_numpy(src), x, cfg, target, cfg.rope_theta)
     if not values:  # random init: DeepSeek-style normal(0, 0.02) weights, unit norms
         values = {}
@@ -96,15 +87,57 @@ def edit_model(teacher: CausalLM, target, calibration_ids=None, seed: int = 0) -
         if isinstance(target, MLAConfig):
             attn = mla_attention(layer.self_attn, cfg, target, None if acts is None else acts[i], dtype, rng)
         else:
-            attn = gateswa_attention(layer.self_attn, cfg, target, i, dtype)
+            attn = gateswa_attention(layer.self_attn, cfg, asdict(target), i, dtype)
         layers.append(DecoderLayer(layer.input_layernorm, attn, layer.post_attention_layernorm, layer.mlp))
     body = DecoderModel(teacher.model.embed_tokens, layers, teacher.model.norm)
-    student = CausalLM(cfg, dtype, body, getattr(teacher, "lm_head", None))
-    # Graph mode needs unique Parameter names across one graph (stage 2 and evaluation run teacher and student
-    # together): the student's own parameters carry a "student." prefix; checkpoint names come from the path.
-    for name, p in student.parameters_and_names():
-        if "self_attn" in name:
-            p.name = "student." + name
+    student = CausalLM(replace(cfg, attention_target=asdict(target)), dtype, body, getattr(teacher, "lm_head", None))
     student.target = target
     student.set_train(False)
+    name_own_parameters(student, teacher)
     return student
+
+
+TRAINABLE = ("attention", "attention+norms", "all")
+
+
+def untie(student: CausalLM, teacher: CausalLM, trainable: str):
+    """Gives the student its own copy of the shared cells that the ``trainable`` set will change, so training
+    them never moves the teacher: norms for "attention+norms"; norms, MLPs/experts, embedding and head for "all"
+    (which then holds a second copy of the backbone). "attention" copies nothing."""
+    if trainable not in TRAINABLE:
+        raise ValueError(f"trainable={trainable!r}: expected one of {TRAINABLE}")
+    names = []
+    if trainable != "attention":
+        names = [f"layers.{i}.{part}" for i in range(len(student.model.layers))
+                 for part in ("input_layernorm", "post_attention_layernorm")] + ["norm"]
+    if trainable == "all":
+        names += [f"layers.{i}.mlp" for i in range(len(student.model.layers))] + ["embed_tokens"]
+    for path in names:
+        *parents, leaf = path.split(".")
+        owner = student.model
+        for part in parents:
+            owner = owner[int(part)] if part.isdigit() else getattr(owner, part)
+        setattr(owner, leaf, _own_copy(getattr(owner, leaf)))
+    if trainable == "all" and hasattr(student, "lm_head"):
+        student.lm_head = _own_copy(student.lm_head)
+    name_own_parameters(student, teacher)
+
+
+def _own_copy(cell):
+    clone = copy.deepcopy(cell)
+    for (_, src), (_, dst) in zip(cell.parameters_and_names(), clone.parameters_and_names()):
+        dst.set_data(src.value().copy())
+    return clone
+
+
+def own_parameters(student: CausalLM, teacher: CausalLM) -> dict:
+    """{model path: Parameter} of the student's parameters that are not the teacher's."""
+    shared = {id(p) for p in teacher.get_parameters()}
+    return {name: p for name, p in student.parameters_and_names() if id(p) not in shared}
+
+
+def name_own_parameters(student: CausalLM, teacher: CausalLM):
+    """Graph mode needs unique Parameter names across one graph (stage 2 and evaluation run teacher and student
+    together): the student's own parameters are named "student." + their path (checkpoints use the path)."""
+    for name, p in own_parameters(student, teacher).items():
+        p.name = "student." + name

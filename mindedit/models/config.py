@@ -36,6 +36,7 @@ class ModelConfig:
     mlp_only_layers: list = field(default_factory=list)
     bos_token_id: Optional[int] = None
     eos_token_id: Optional[object] = None  # int or list of ints, as in HF
+    attention_target: Optional[dict] = None  # a converted model: its resolved MLA / GateSWA target
 
     def is_moe_layer(self, i: int) -> bool:
         return (self.num_experts > 0 and i not in self.mlp_only_layers
@@ -53,6 +54,16 @@ class ModelConfig:
         d = {k: v for k, v in asdict(self).items() if k not in ("qk_norm",)}
         d["architectures"] = [arch]
         d["hidden_act"] = "silu"
+        target = d.pop("attention_target")
+        if target:  # the authoritative key, plus the fields serving stacks read for each kind
+            d["attention_target"] = target
+            if target["kind"] == "mla":
+                d.update({k: target[k] for k in ("kv_lora_rank", "q_lora_rank", "qk_rope_head_dim",
+                                                 "qk_nope_head_dim", "v_head_dim")})
+            else:
+                d.update(layer_types=[t + "_attention" for t in target["layer_types"]],
+                         sliding_window=target["window"], attention_sink_tokens=target["sink_tokens"],
+                         attention_gate=target["gate"])
         if self.num_experts == 0:
             for k in ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob",
                       "decoder_sparse_step", "mlp_only_layers"):
@@ -107,6 +118,7 @@ class ModelConfig:
             mlp_only_layers=list(d.get("mlp_only_layers") or []),
             bos_token_id=d.get("bos_token_id"),
             eos_token_id=d.get("eos_token_id"),
+            attention_target=d.get("attention_target"),
         )
         cfg.validate(source)
         return cfg
@@ -120,6 +132,9 @@ class ModelConfig:
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(f"{source}: num_attention_heads={self.num_attention_heads} is not a multiple of "
                               f"num_key_value_heads={self.num_key_value_heads}")
+        if self.attention_target is not None and self.attention_target.get("kind") not in ("mla", "gateswa"):
+            raise ConfigError(f"{source}: attention_target.kind={self.attention_target.get('kind')!r}: expected "
+                              f"'mla' or 'gateswa'")
         if self.head_dim % 2:
             raise ConfigError(f"{source}: head_dim={self.head_dim}: rotary embedding needs an even head_dim")
         if self.num_experts:

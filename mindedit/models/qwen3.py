@@ -9,6 +9,7 @@ import mindspore as ms
 from mindspore import mint, nn, ops
 
 from mindedit.attention import GQAAttention
+from mindedit.attention.targets import build_attention
 from mindedit.layers import Embedding, RMSNorm, linear
 from mindedit.models.config import ModelConfig
 
@@ -76,7 +77,9 @@ class DecoderLayer(nn.Cell):
     def build(cls, cfg: ModelConfig, layer_idx: int, dtype):
         mlp = SparseMoE(cfg, dtype) if cfg.is_moe_layer(layer_idx) else MLP(cfg.hidden_size, cfg.intermediate_size,
                                                                             dtype)
-        return cls(RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype), GQAAttention(cfg, dtype),
+        attn = (build_attention(cfg, cfg.attention_target, layer_idx, dtype) if cfg.attention_target
+                else GQAAttention(cfg, dtype))
+        return cls(RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype), attn,
                    RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype), mlp)
 
     def attention_io(self, x):
@@ -119,6 +122,15 @@ class DecoderModel(nn.Cell):
             x, c = layer(x, caches[i], pos)
             new_caches = new_caches + (c,)
         return self.norm(x), new_caches
+
+    def hidden_states(self, input_ids):
+        """(final normed hidden state, each layer's output hidden state): what model-level distillation reads."""
+        x = self.embed_tokens(input_ids)
+        states = ()
+        for layer in self.layers:
+            x = layer(x)
+            states = states + (x,)
+        return self.norm(x), states
 
     def attention_io(self, input_ids):
         """Per layer, the attention's input and output on a forward pass: two tuples of [B, T, hidden]."""

@@ -1,0 +1,80 @@
+"""AdamW with global-norm clipping, gradient accumulation and optional fp32 master weights, plus the learning-rate
+schedule. Written out (rather than nn.AdamWeightDecay) so that every piece of optimizer state is a named
+Parameter a checkpoint can save and restore exactly, and the learning rate is a per-step input.
+
+Step protocol: ``accumulate(grads)``, inside the compiled micro-step, adds one micro-batch's gradients into
+``acc``; ``apply(lr, micro_batches)`` (compiled) averages them, clips, updates and clears ``acc``; it returns the pre-clip norm.
+Weight decay is decoupled and applied to matrices only (not to norms, biases, gates or sink logits).
+Parameters stored in bf16/fp16 (Ascend) are updated through fp32 master copies.
+"""
+import math
+
+import mindspore as ms
+from mindspore import Parameter, ParameterTuple, mint, nn, ops
+
+
+class AdamW(nn.Cell):
+    def __init__(self, params, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, clip=1.0):
+        super().__init__(auto_prefix=False)
+        self.params = ParameterTuple(params)
+        self.b1, self.b2, self.eps, self.clip = betas[0], betas[1], eps, clip
+        self.decay = tuple(weight_decay if p.ndim >= 2 else 0.0 for p in self.params)
+        self.master_weights = any(p.dtype != ms.float32 for p in self.params)
+
+        def zeros(prefix):
+            return ParameterTuple(Parameter(mint.zeros(p.shape, dtype=ms.float32), name=f"{prefix}.{p.name}",
+                                            requires_grad=False) for p in self.params)
+
+        self.m, self.v, self.acc = zeros("adam_m"), zeros("adam_v"), zeros("grad_acc")
+        if self.master_weights:
+            self.master = ParameterTuple(Parameter(p.value().astype(ms.float32), name=f"master.{p.name}",
+                                                   requires_grad=False) for p in self.params)
+        self.t = Parameter(ms.Tensor(0, ms.int32), name="adam_step", requires_grad=False)
+
+        # compiled through a closure: jitting a cell's method directly confuses later graphs (docs/environment.md)
+        def apply(lr, micro_batches):
+            return self._apply(lr, micro_batches)
+
+        self.apply = ms.jit(apply)
+
+    def state(self) -> list:
+        """Every Parameter that must be checkpointed for an exact resume (acc is empty between steps)."""
+        return list(self.m) + list(self.v) + ([self.t] + list(self.master) if self.master_weights else [self.t])
+
+    def accumulate(self, grads):
+        """Adds one micro-batch's gradients (call it inside the compiled micro-step)."""
+        for a, g in zip(self.acc, grads):
+            ops.assign_add(a, g.astype(ms.float32))
+        return self.t
+
+    def _apply(self, lr, micro_batches):
+        grads = tuple(a / micro_batches for a in self.acc)
+        norm = ops.sqrt(sum((g * g).sum() for g in grads))
+        scale = mint.clamp(self.clip / (norm + 1e-6), max=1.0) if self.clip > 0 else ops.ones((), ms.float32)
+        ops.assign_add(self.t, ops.ones((), ms.int32))
+        t = self.t.astype(ms.float32)
+        step = lr * ops.sqrt(1.0 - ops.pow(self.b2, t)) / (1.0 - ops.pow(self.b1, t))
+        weights = self.master if self.master_weights else self.params
+        for i in range(len(grads)):
+            g = grads[i] * scale
+            m, v, w = self.m[i], self.v[i], weights[i]
+            ops.assign(m, self.b1 * m + (1.0 - self.b1) * g)
+            ops.assign(v, self.b2 * v + (1.0 - self.b2) * g * g)
+            new = w - step * m / (ops.sqrt(v) + self.eps) - lr * self.decay[i] * w
+            ops.assign(w, new)
+            if self.master_weights:
+                ops.assign(self.params[i], new.astype(self.params[i].dtype))
+            ops.assign(self.acc[i], ops.zeros_like(self.acc[i]))
+        return norm
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int, schedule: str = "cosine", min_ratio: float = 0.1) -> float:
+    """Linear warmup over ``warmup`` steps to ``peak``, then cosine or linear decay to ``min_ratio * peak`` at
+    ``total`` (``constant`` keeps the peak). ``step`` counts from 0."""
+    if warmup and step < warmup:
+        return peak * (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return peak
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    shape = 0.5 * (1.0 + math.cos(math.pi * frac)) if schedule == "cosine" else 1.0 - frac
+    return peak * (min_ratio + (1.0 - min_ratio) * shape)

@@ -1,0 +1,56 @@
+"""Stage 2: model-level distillation. The student runs end to end on its own activations; the teacher (the same
+frozen backbone, one copy in memory) runs on the same batch and supplies the target next-token distribution.
+
+    loss = KL at temperature tau  (forward KL(t||s), reverse KL(s||t) or both averaged; scaled by tau^2)
+         + feature_weight * mean cosine distance between student and teacher hidden states at chosen layers
+         + ce_weight * next-token cross-entropy of the student on the data
+Terms with zero weight are not built into the graph. The aux output is [kl, feature, ce].
+"""
+import mindspore as ms
+from mindspore import mint, nn, ops
+
+KL_KINDS = ("forward", "reverse", "both")
+
+
+class Stage2Loss(nn.Cell):
+    def __init__(self, teacher, student, kl: str = "forward", temperature: float = 1.0, feature_layers=(),
+                 feature_weight: float = 0.0, ce_weight: float = 0.0):
+        super().__init__(auto_prefix=False)
+        if kl not in KL_KINDS:
+            raise ValueError(f"kl={kl!r}: expected one of {KL_KINDS}")
+        self.teacher, self.student = teacher, student
+        self.kl, self.tau = kl, float(temperature)
+        self.feature_layers = tuple(int(i) for i in feature_layers) if feature_weight > 0 else ()
+        self.feature_weight, self.ce_weight = float(feature_weight), float(ce_weight)
+
+    def _features(self, states):
+        return tuple(states[i] for i in self.feature_layers)
+
+    def construct(self, ids):
+        t_hidden, t_states = self.teacher.model.hidden_states(ids)
+        t_logits = ops.stop_gradient(self.teacher.logits(t_hidden))
+        s_hidden, s_states = self.student.model.hidden_states(ids)
+        s_logits = self.student.logits(s_hidden)
+        logp_t = mint.nn.functional.log_softmax(t_logits / self.tau, dim=-1)
+        logp_s = mint.nn.functional.log_softmax(s_logits / self.tau, dim=-1)
+        if self.kl == "forward":
+            kl = (mint.exp(logp_t) * (logp_t - logp_s)).sum(-1).mean()
+        elif self.kl == "reverse":
+            kl = (mint.exp(logp_s) * (logp_s - logp_t)).sum(-1).mean()
+        else:
+            kl = 0.5 * (mint.exp(logp_t) - mint.exp(logp_s)).mul(logp_t - logp_s).sum(-1).mean()
+        kl = kl * (self.tau * self.tau)
+        zero = ops.zeros((), ms.float32)
+        feature, ce = zero, zero
+        if self.feature_layers:
+            for hs, ht in zip(self._features(s_states), self._features(t_states)):
+                ht = ops.stop_gradient(ht).astype(ms.float32)
+                hs = hs.astype(ms.float32)
+                cos = (hs * ht).sum(-1) / (ops.sqrt((hs * hs).sum(-1) * (ht * ht).sum(-1)) + 1e-6)
+                feature = feature + (1.0 - cos).mean()
+            feature = feature / len(self.feature_layers)
+        if self.ce_weight > 0:
+            logp = mint.nn.functional.log_softmax(s_logits[:, :-1], dim=-1)
+            ce = -mint.gather(logp, -1, ids[:, 1:].unsqueeze(-1)).mean()
+        total = kl + self.feature_weight * feature + self.ce_weight * ce
+        return total, ops.stack((kl, feature, ce))

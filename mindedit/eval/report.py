@@ -1,0 +1,98 @@
+"""The job's report: ``report.json`` (the numbers), ``report.md`` (for people) and ``plots/*.png``: loss curves per
+stage, the per-layer stage-1 loss at the start and end, and perplexity of teacher / initial / trained student."""
+import json
+from pathlib import Path
+
+from mindedit.utils.files import atomic_write_json, atomic_write_text
+from mindedit.utils.metrics import read
+
+
+def write_report(run_dir, report: dict):
+    run_dir = Path(run_dir)
+    rows = read(run_dir / "metrics.jsonl")
+    report = dict(report, plots=plot(run_dir, rows, report))
+    atomic_write_json(run_dir / "report.json", report)
+    atomic_write_text(run_dir / "report.md", markdown(report))
+    return report
+
+
+def headline(r: dict) -> str:
+    return (f"teacher ppl {r['teacher_ppl']:.3f} | student ppl {r['student_ppl']:.3f} "
+            f"({r['ppl_ratio']:.3f}x; before training {r['student_ppl_init']:.3f}) | KL {r['kl']:.4f} "
+            f"(init {r['kl_init']:.4f}) | top-1 agreement {100 * r['top1_agreement']:.1f}% | KV -"
+            f"{100 * r['kv_reduction']:.1f}% at {r['eval_context']} tokens | trained on "
+            f"{r['tokens_stage1']:,} + {r['tokens_stage2']:,} tokens in {r['minutes']:.1f} min")
+
+
+def markdown(r: dict) -> str:
+    lines = [f"# {r['name']}: {r['target']} conversion", "", headline(r), "",
+             f"Evaluated on {r['eval_tokens']:,} held-out next-token predictions at context {r['eval_context']}.", "",
+             "| | teacher | student before training | student |", "|---|---|---|---|",
+             f"| perplexity | {r['teacher_ppl']:.3f} | {r['student_ppl_init']:.3f} | {r['student_ppl']:.3f} |",
+             f"| KL(teacher \\|\\| student) per token | 0 | {r['kl_init']:.4f} | {r['kl']:.4f} |",
+             f"| top-1 agreement | 100% | {100 * r['top1_agreement_init']:.1f}% | {100 * r['top1_agreement']:.1f}% |",
+             f"| greedy decode tokens/s (prompt {r['decode_prompt_tokens']}) | "
+             f"{r['decode_tokens_per_s_teacher']:.2f} | | {r['decode_tokens_per_s_student']:.2f} |",
+             f"| cache bytes at that length | {r['cache_bytes_teacher']:,} | | {r['cache_bytes_student']:,} |",
+             "", "KV cache (bytes at the config's kv_dtype):", "",
+             "| context | teacher | student | reduction |", "|---|---|---|---|"]
+    for c in r["kv"]["contexts"]:
+        lines.append(f"| {c['context']} | {c['teacher_bytes']:,} | {c['student_bytes']:,} | "
+                     f"{100 * c['reduction']:.1f}% |")
+    lines += ["", "Training: stage 1 (layer-wise) {:,} tokens, stage 2 (model-level) {:,} tokens; {:.1f} minutes "
+              "in all.".format(r["tokens_stage1"], r["tokens_stage2"], r["minutes"]), ""]
+    lines += [f"![{Path(p).stem}]({p})" for p in r.get("plots", [])]
+    return "\n".join(lines) + "\n"
+
+
+def plot(run_dir: Path, rows: list, r: dict) -> list:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out = run_dir / "plots"
+    out.mkdir(exist_ok=True)
+    written = []
+
+    def save(fig, name):
+        tmp = out / f".{name}.tmp.png"
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        tmp.replace(out / name)
+        written.append(f"plots/{name}")
+
+    stages = [s for s in ("stage1", "stage2") if any(x["stage"] == s for x in rows)]
+    if stages:
+        fig, axes = plt.subplots(1, len(stages), figsize=(5.5 * len(stages), 3.8), squeeze=False)
+        for ax, s in zip(axes[0], stages):
+            pts = [x for x in rows if x["stage"] == s]
+            ax.plot([x["tokens"] for x in pts], [x["loss"] for x in pts], label="loss")
+            if s == "stage2":
+                for term in ("feature", "ce"):
+                    if any(x.get(term) for x in pts):
+                        ax.plot([x["tokens"] for x in pts], [x[term] for x in pts], label=term)
+            ax.set(title=f"{s} loss", xlabel="tokens", yscale="log")
+            ax.legend()
+        save(fig, "loss.png")
+        s1 = [x for x in rows if x["stage"] == "stage1"]
+        if s1:
+            keys = sorted(k for k in s1[0] if k.startswith("layer_"))
+            fig, ax = plt.subplots(figsize=(max(5.0, 0.28 * len(keys)), 3.8))
+            idx = list(range(len(keys)))
+            ax.bar([i - 0.2 for i in idx], [s1[0][k] for k in keys], 0.4, label=f"step {s1[0]['step']}")
+            ax.bar([i + 0.2 for i in idx], [s1[-1][k] for k in keys], 0.4, label=f"step {s1[-1]['step']}")
+            ax.set(title="stage 1: normalised MSE per layer", xlabel="layer", yscale="symlog")
+            ax.set_yscale("symlog", linthresh=1e-4)
+            ax.legend()
+            save(fig, "stage1_layers.png")
+    fig, ax = plt.subplots(figsize=(4.8, 3.6))
+    names, values = ["teacher", "student\n(init)", "student"], [r["teacher_ppl"], r["student_ppl_init"],
+                                                               r["student_ppl"]]
+    bars = ax.bar(names, values, color=["#4c72b0", "#c44e52", "#55a868"])
+    ax.bar_label(bars, fmt="%.2f")
+    ax.set(title=f"perplexity at context {r['eval_context']}", yscale="log")
+    save(fig, "perplexity.png")
+    return written
+
+
+def load(run_dir) -> dict:
+    return json.loads((Path(run_dir) / "report.json").read_text())

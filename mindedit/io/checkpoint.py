@@ -1,0 +1,98 @@
+"""Atomic training checkpoints.
+
+A checkpoint is a directory ``<run>/checkpoints/<stage>-<step:06d>/`` with
+    weights.safetensors   the student's own parameters (everything not shared with the teacher), by model path
+    optimizer.safetensors every optimizer state tensor, by Parameter name
+    state.json            stage, step, data position, token counts, RNG seed, and the sha256 of both files
+It is assembled in a temp directory and renamed into place, so a directory with that name is complete. On resume
+the newest checkpoint whose state.json parses and whose files match their hashes is used; anything else is
+reported and skipped, never loaded. Only the newest ``keep`` checkpoints are kept.
+"""
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from mindedit.utils.files import atomic_write_json, sha256_file
+
+FILES = ("weights.safetensors", "optimizer.safetensors")
+
+
+def _arrays(params: dict) -> dict:
+    """Floating tensors as float32 (numpy has no bf16), integers as they are."""
+    import mindspore as ms
+    out = {}
+    for name, p in params.items():
+        t = p.value()
+        out[name] = np.ascontiguousarray((t.astype(ms.float32) if t.dtype.is_floating_point else t).asnumpy())
+    return out
+
+
+def save(ckpt_dir, name: str, weights: dict, optimizer: dict, state: dict, keep: int = 2) -> Path:
+    """weights / optimizer: {name: Parameter}. Returns the checkpoint directory."""
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=f".{name}."))
+    try:
+        save_file(_arrays(weights), str(tmp / FILES[0]))
+        save_file(_arrays(optimizer), str(tmp / FILES[1]))
+        state = dict(state, sha256={f: sha256_file(tmp / f) for f in FILES})
+        atomic_write_json(tmp / "state.json", state)
+        final = ckpt_dir / name
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in sorted(complete_dirs(ckpt_dir))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def complete_dirs(ckpt_dir) -> list:
+    return [d for d in Path(ckpt_dir).glob("stage*-*") if d.is_dir()]
+
+
+def verify(path) -> dict:
+    """state.json of a checkpoint after checking both files against their hashes; ValueError says what is wrong."""
+    path = Path(path)
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"state.json unreadable ({e})") from None
+    for f in FILES:
+        if not (path / f).is_file():
+            raise ValueError(f"{f} missing")
+        if sha256_file(path / f) != state.get("sha256", {}).get(f):
+            raise ValueError(f"{f} does not match its sha256 in state.json (truncated or corrupt)")
+    return state
+
+
+def latest(ckpt_dir, warn=print):
+    """(path, state) of the newest valid checkpoint, or None. Invalid ones are skipped with a warning."""
+    for path in sorted(complete_dirs(ckpt_dir), reverse=True):
+        try:
+            return path, verify(path)
+        except ValueError as e:
+            warn(f"warning: skipping checkpoint {path}: {e}")
+    return None
+
+
+def load(path, weights: dict, optimizer: dict):
+    """Sets the given Parameters from a verified checkpoint; every name must be present with its shape."""
+    import mindspore as ms
+    for file, params in ((FILES[0], weights), (FILES[1], optimizer)):
+        values = load_file(str(Path(path) / file))
+        missing = sorted(set(params) - set(values))
+        if missing:
+            raise ValueError(f"{path}/{file}: no tensor {missing[0]!r} ({len(missing)} missing): the checkpoint is "
+                             f"from a different job configuration")
+        for name, p in params.items():
+            v = values[name]
+            if tuple(v.shape) != tuple(p.shape):
+                raise ValueError(f"{path}/{file}: {name} has shape {v.shape}, expected {tuple(p.shape)}")
+            p.set_data(ms.Tensor(v).astype(p.dtype))
