@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # The one entry for mindedit jobs.
-#   bash run_distributed.sh                     the embedded CPU default on a real small model (SmolLM2-135M)
-#   bash run_distributed.sh --config FILE.yaml  (the distillation job and the cluster launcher are being built:
-#                                                see docs/design.md; this script says so rather than pretend)
+#   bash run_distributed.sh                     the embedded CPU default: configs/smollm2_135m_gateswa.yaml end to end
+#                                               (data, stage 1, stage 2, eval, report, export) into runs/<name>/
+#   bash run_distributed.sh --config FILE.yaml  that job on this machine (rerun the same command to resume)
+# Multi-node launching (rank tables, msrun per node) is an open issue; until then --config runs on one process.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+config="$root/configs/smollm2_135m_gateswa.yaml"
+args=()
+while (($#)); do
+  case "$1" in
+    --config) config="${2:?--config needs a file}"; shift 2 ;;
+    --run-dir) args+=(--run-dir "${2:?--run-dir needs a directory}"); shift 2 ;;
+    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    *) echo "run_distributed.sh: unknown argument $1 (expected --config FILE [--run-dir DIR])" >&2; exit 2 ;;
+  esac
+done
+[[ -f "$config" ]] || { echo "run_distributed.sh: --config $config: no such file" >&2; exit 2; }
+config="$(cd "$(dirname "$config")" && pwd)/$(basename "$config")"
 bash "$root/scripts/setup.sh"
 export PATH="$root/.venv/bin:$PATH"
 cd "$root"
-if [[ $# -gt 0 ]]; then
-  echo "run_distributed.sh: --config jobs are not implemented yet (distillation and launcher issues are open);" >&2
-  echo "with no arguments it runs the embedded CPU default (teacher evaluation on SmolLM2-135M)." >&2
-  exit 2
-fi
-model="$(python -c 'from mindedit.data.assets import smollm2_gguf; print(smollm2_gguf())')"
-text="$(python -c 'from mindedit.data.assets import sotu_dir; print(sotu_dir() / "2016_barack_obama_d.txt")')"
-echo "[mindedit] CPU default: teacher SmolLM2-135M ($model)"
-python -m mindedit ppl --model "$model" --text "$text" --seq-len 512 --max-windows 2
-python -m mindedit generate --model "$model" --prompt "The State of the Union is" --max-new-tokens 8
+exec python -m mindedit run --config "$config" "${args[@]}"

@@ -35,11 +35,10 @@ def cmd_generate(args):
     out = greedy_generate(model, prompt, args.max_new_tokens, model.config.eos_ids, progress=True)
     new = out["tokens"][0].tolist()
     print(args.prompt + tok.decode(new))
-    decode_s = out["seconds"] - out["prefill_seconds"]
+    speed = out["decode_tokens_per_s"]
     print(json.dumps({"prompt_tokens": len(prompt), "new_tokens": len(new), "seconds": round(out["seconds"], 3),
                       "prefill_seconds": round(out["prefill_seconds"], 3),
-                      "decode_tokens_per_s": round((len(new) - 1) / decode_s, 2) if len(new) > 1 else None,
-                      "cache_bytes": out["cache_bytes"]}))
+                      "decode_tokens_per_s": round(speed, 2) if speed else None, "cache_bytes": out["cache_bytes"]}))
 
 
 def cmd_kv_report(args):

@@ -49,3 +49,11 @@ if [[ ! -f "$corpus/.complete" ]]; then
   rm -rf "$tmp"
   touch "$corpus/.complete"
 fi
+
+# Tests only: headless Chromium for the MindInsight dashboard test (Debian package; root on CI and dev machines).
+if [[ "${1:-}" == "--test" ]] && ! command -v chromium >/dev/null; then
+  echo "[setup] installing chromium (apt-get; dashboard browser test)"
+  sudo_="" ; [[ "$(id -u)" == 0 ]] || sudo_="sudo"
+  $sudo_ apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq chromium >/dev/null
+fi

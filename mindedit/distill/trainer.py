@@ -110,3 +110,4 @@ class Trainer:
     def _checkpoint(self, stage: str, step: int, opt_state: dict):
         checkpoint.save(f"{self.run_dir}/checkpoints", f"{stage}-{step:06d}", self.weights, opt_state,
                         self._state(stage, step))
+        self.metrics.sync_summary()

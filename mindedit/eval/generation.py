@@ -12,7 +12,8 @@ from mindedit.utils.progress import Progress
 def greedy_generate(model, prompt_ids, max_new_tokens: int, eos_ids=(), use_cache: bool = True,
                     progress: bool = False, capacity_multiple: int = 64) -> dict:
     """prompt_ids [B, T] (or a flat list for B=1). Returns {"tokens": [B, n] new ids, "seconds",
-    "prefill_seconds", "cache_bytes"}.
+    "prefill_seconds", "decode_tokens_per_s", "cache_bytes"}. ``decode_tokens_per_s`` is the steady state: it
+    leaves out the prefill and the first decode step (which compiles the decode graph); None below 3 tokens.
 
     ``use_cache=False`` recomputes the whole sequence each step (PyNative, slow): the oracle the cached path
     must equal. Generation stops early only when every row has produced an EOS id.
@@ -37,7 +38,7 @@ def greedy_generate(model, prompt_ids, max_new_tokens: int, eos_ids=(), use_cach
         step = ms.jit(model.construct)
     else:
         caches, step = None, model
-    pos, step_input, prefill_seconds = 0, ids, None
+    pos, step_input, prefill_seconds, stamps = 0, ids, None, []
     for _ in range(max_new_tokens):
         if use_cache:
             # mutable: the caches are graph inputs, not constants (else every step recompiles)
@@ -48,6 +49,7 @@ def greedy_generate(model, prompt_ids, max_new_tokens: int, eos_ids=(), use_cach
         nxt = logits[:, -1].asnumpy().argmax(-1).astype(np.int32)
         if prefill_seconds is None:
             prefill_seconds = time.perf_counter() - start
+        stamps.append(time.perf_counter())
         new = np.concatenate([new, nxt[:, None]], axis=1)
         if bar:
             bar.update(1)
@@ -57,5 +59,6 @@ def greedy_generate(model, prompt_ids, max_new_tokens: int, eos_ids=(), use_cach
         step_input = nxt[:, None] if use_cache else np.concatenate([ids, new], axis=1)
     if bar:
         bar.close()
+    steady = (len(stamps) - 2) / (stamps[-1] - stamps[1]) if len(stamps) > 2 else None
     return {"tokens": new, "seconds": time.perf_counter() - start, "prefill_seconds": prefill_seconds,
-            "cache_bytes": cache_nbytes(caches) if use_cache else 0}
+            "decode_tokens_per_s": steady, "cache_bytes": cache_nbytes(caches) if use_cache else 0}

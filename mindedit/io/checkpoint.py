@@ -27,7 +27,7 @@ def _arrays(params: dict) -> dict:
     out = {}
     for name, p in params.items():
         t = p.value()
-        out[name] = np.ascontiguousarray((t.astype(ms.float32) if t.dtype.is_floating_point else t).asnumpy())
+        out[name] = (t.astype(ms.float32) if t.dtype.is_floating_point else t).asnumpy().copy()  # keeps 0-d
     return out
 
 

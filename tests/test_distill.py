@@ -1,0 +1,140 @@
+"""The pieces of training: AdamW against a numpy reference, the lr schedule, stage-2 losses, the trainable set,
+checkpoint integrity, and the export round trip."""
+import numpy as np
+import pytest
+import mindspore as ms
+from mindspore import Parameter
+
+from mindedit.distill.optim import AdamW, lr_at
+from mindedit.distill.stage2 import Stage2Loss
+from mindedit.edit import GateSWAConfig, MLAConfig, edit_model
+from mindedit.edit.surgery import own_parameters, untie
+from mindedit.io import checkpoint
+from mindedit.io.export import save_pretrained
+from mindedit.models import from_pretrained
+
+
+def test_adamw_matches_numpy_reference_with_clipping_and_accumulation(rng):
+    w0, b0 = rng.normal(size=(3, 4)), rng.normal(size=4)
+    w, b = Parameter(ms.Tensor(w0, ms.float32), name="w"), Parameter(ms.Tensor(b0, ms.float32), name="b")
+    opt = AdamW([w, b], betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, clip=0.5)
+
+    @ms.jit
+    def micro(gw, gb):
+        opt.accumulate((gw, gb))
+        return gw
+
+    ref = {"w": w0.copy(), "b": b0.copy()}
+    m = {k: np.zeros_like(v) for k, v in ref.items()}
+    v = {k: np.zeros_like(x) for k, x in ref.items()}
+    for t in range(1, 4):
+        grads = [(rng.normal(size=(3, 4)), rng.normal(size=4)) for _ in range(2)]  # two micro-batches
+        for gw, gb in grads:
+            micro(ms.Tensor(gw, ms.float32), ms.Tensor(gb, ms.float32))
+        lr = 0.01 * t
+        norm = float(opt.apply(ms.Tensor(lr, ms.float32), ms.Tensor(2.0, ms.float32)).asnumpy())
+        g = {"w": (grads[0][0] + grads[1][0]) / 2, "b": (grads[0][1] + grads[1][1]) / 2}
+        ref_norm = np.sqrt(sum((x ** 2).sum() for x in g.values()))
+        assert norm == pytest.approx(ref_norm, rel=1e-5)
+        scale = min(1.0, 0.5 / (ref_norm + 1e-6))
+        step = lr * np.sqrt(1 - 0.95 ** t) / (1 - 0.9 ** t)
+        for k in ref:
+            gk = g[k] * scale
+            m[k] = 0.9 * m[k] + 0.1 * gk
+            v[k] = 0.95 * v[k] + 0.05 * gk * gk
+            decay = 0.1 if k == "w" else 0.0  # matrices only
+            ref[k] = ref[k] - step * m[k] / (np.sqrt(v[k]) + 1e-8) - lr * decay * ref[k]
+        np.testing.assert_allclose(w.asnumpy(), ref["w"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(b.asnumpy(), ref["b"], rtol=1e-5, atol=1e-6)
+        assert not opt.acc[0].asnumpy().any()  # cleared for the next step
+
+
+def test_lr_schedule():
+    assert [lr_at(s, 10, 1.0, 2) for s in (0, 1)] == [0.5, 1.0]
+    assert lr_at(2, 10, 1.0, 2) == pytest.approx(1.0) and lr_at(10, 10, 1.0, 2) == pytest.approx(0.1)
+    assert lr_at(6, 10, 1.0, 2, "linear") == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_at(6, 10, 1.0, 2, "cosine") == pytest.approx(0.1 + 0.9 * 0.5)  # the cosine midpoint
+    assert lr_at(7, 10, 1.0, 2, "constant") == 1.0
+
+
+def compiled(loss):
+    """The losses run in graph mode in training (mint.log_softmax has no PyNative CPU kernel)."""
+    def run(ids):
+        return loss(ids)
+    return ms.jit(run)
+
+
+@pytest.mark.parametrize("kl", ["forward", "reverse", "both"])
+def test_stage2_loss_is_zero_for_an_exact_student_and_positive_otherwise(hf_models, rng, kl):
+    teacher = from_pretrained(hf_models["qwen3"][1])
+    ids = ms.Tensor(rng.integers(0, 256, (2, 24)), ms.int32)
+    exact = edit_model(teacher, GateSWAConfig(window=32, sink_tokens=0, pattern="SF"))  # context fits the window
+    total, terms = compiled(Stage2Loss(teacher, exact, kl, 2.0, [0, 1], 0.5))(ids)
+    assert abs(float(total.asnumpy())) < 1e-5 and np.abs(terms.asnumpy()).max() < 1e-5
+    student = edit_model(teacher, MLAConfig(kv_lora_rank=8, qk_rope_head_dim=8), rng.integers(0, 256, (1, 32)))
+    total, terms = compiled(Stage2Loss(teacher, student, kl, 2.0, [0, 1], 0.5, ce_weight=0.25))(ids)
+    kl_v, feat, ce = terms.asnumpy()
+    assert kl_v > 1e-4 and feat > 1e-4 and ce > 1.0
+    assert float(total.asnumpy()) == pytest.approx(kl_v + 0.5 * feat + 0.25 * ce, rel=1e-5)
+
+
+def test_untie_all_trains_copies_and_never_the_teacher(hf_models, rng):
+    teacher = from_pretrained(hf_models["qwen3"][1])
+    student = edit_model(teacher, GateSWAConfig(window=4, sink_tokens=0, pattern="SF"))
+    assert all("self_attn" in n for n in own_parameters(student, teacher))
+    untie(student, teacher, "all")
+    own = own_parameters(student, teacher)
+    assert len(own) == len(dict(student.parameters_and_names()))  # nothing shared any more
+    assert all(p.name == "student." + n for n, p in own.items())
+    ids = ms.Tensor(rng.integers(0, 256, (1, 16)), ms.int32)
+    before_t, before_s = teacher(ids).asnumpy(), student(ids).asnumpy()
+    for p in own.values():
+        p.set_data(p.value() * 1.5)
+    np.testing.assert_array_equal(teacher(ids).asnumpy(), before_t)
+    assert np.abs(student(ids).asnumpy() - before_s).max() > 1e-3
+    with pytest.raises(ValueError, match="trainable='mlp': expected one of"):
+        untie(student, teacher, "mlp")
+
+
+def test_corrupt_or_truncated_checkpoints_are_skipped(tmp_path):
+    w = {"layer.weight": Parameter(ms.Tensor(np.arange(6, dtype=np.float32).reshape(2, 3)), name="x")}
+    o = {"adam_step": Parameter(ms.Tensor(3, ms.int32), name="adam_step")}
+    for step in (1, 2, 3):
+        w["layer.weight"].set_data(ms.Tensor(np.full((2, 3), step, np.float32)))
+        checkpoint.save(tmp_path, f"stage1-{step:06d}", w, o, {"stage": "stage1", "step": step}, keep=3)
+    newest = tmp_path / "stage1-000003/weights.safetensors"
+    newest.write_bytes(newest.read_bytes()[:-7])  # truncated
+    (tmp_path / "stage1-000002/state.json").write_text("{not json")
+    warnings = []
+    path, state = checkpoint.latest(tmp_path, warnings.append)
+    assert state["step"] == 1 and path.name == "stage1-000001"
+    assert "stage1-000003" in warnings[0] and "does not match its sha256" in warnings[0]
+    assert "stage1-000002" in warnings[1] and "state.json unreadable" in warnings[1]
+    checkpoint.load(path, w, o)
+    assert (w["layer.weight"].asnumpy() == 1).all() and int(o["adam_step"].asnumpy()) == 3
+    with pytest.raises(ValueError, match="no tensor 'other'"):
+        checkpoint.load(path, {"other": w["layer.weight"]}, {})
+    assert not list(tmp_path.glob(".*"))  # no temp directories left behind
+
+
+@pytest.mark.parametrize("arch,target", [
+    ("qwen3", MLAConfig(kv_lora_rank=16, qk_rope_head_dim=8)),
+    ("qwen2", GateSWAConfig(window=6, sink_tokens=2, sink_logit=True, pattern="SF")),
+])
+def test_export_loads_back_to_identical_logits(hf_models, rng, tmp_path, arch, target):
+    import json
+    teacher = from_pretrained(hf_models[arch][1])
+    student = edit_model(teacher, target, rng.integers(0, 256, (1, 32)))
+    for name, p in own_parameters(student, teacher).items():  # move away from the init: every value matters
+        if p.requires_grad:
+            p.set_data(p.value() + ms.Tensor(rng.normal(0, 0.01, p.shape), p.dtype))
+    out = save_pretrained(student, tmp_path / "export")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["attention_target"]["kind"] == target.kind
+    if target.kind == "mla":
+        assert (cfg["kv_lora_rank"], cfg["qk_rope_head_dim"], cfg["qk_nope_head_dim"]) == (16, 8, 16)
+    else:
+        assert cfg["layer_types"] == ["sliding_attention", "full_attention"] and cfg["sliding_window"] == 6
+    loaded = from_pretrained(out)
+    ids = ms.Tensor(rng.integers(0, 256, (2, 20)), ms.int32)
+    np.testing.assert_array_equal(loaded(ids).asnumpy(), student(ids).asnumpy())

@@ -1,0 +1,157 @@
+"""The whole job on the tiny config, through the CLI as a user runs it: report, plots, export, MindSpore summary,
+and a run killed with SIGKILL mid-stage that resumes to the same per-step losses and final weights."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs/tiny_gateswa.yaml"
+REPORT_KEYS = ("teacher_ppl", "student_ppl_init", "student_ppl", "kl_init", "kl", "top1_agreement", "kv_reduction",
+               "tokens_stage1", "tokens_stage2", "decode_tokens_per_s_teacher", "decode_tokens_per_s_student")
+
+
+def job(run_dir: Path, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mindedit", "run", "--config", str(CONFIG), "--run-dir",
+                             str(run_dir)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def finish(proc) -> str:
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def kill_at(run_dir: Path, global_step: int):
+    """Starts the job and SIGKILLs it (whole process group) once metrics.jsonl reaches ``global_step``."""
+    proc = job(run_dir, start_new_session=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= global_step:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the job ended or stalled before global step {global_step}: {proc.communicate()[0][-2000:]}")
+
+
+def losses(run_dir: Path) -> dict:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["global_step"] for r in rows]
+    assert steps == list(range(1, len(rows) + 1)), "each step logged exactly once, in order"
+    return {r["global_step"]: r["loss"] for r in rows}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("tiny") / "run"
+    out = finish(job(run_dir))
+    return run_dir, out
+
+
+def test_job_writes_report_plots_summary_and_export(finished_run):
+    run_dir, out = finished_run
+    report = json.loads((run_dir / "report.json").read_text())
+    for key in REPORT_KEYS:
+        assert isinstance(report[key], (int, float)) and np.isfinite(report[key]), key
+    assert report["tokens_stage1"] == 8 * 2 * 2 * 64 and report["tokens_stage2"] == 6 * 2 * 2 * 64
+    assert 0 < report["kv_reduction"] < 1 and report["kl"] >= 0
+    assert "teacher ppl" in out and "dashboard: bash scripts/dashboard.sh" in out
+    for png in ("loss.png", "stage1_layers.png", "perplexity.png"):
+        assert (run_dir / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| perplexity |" in (run_dir / "report.md").read_text()
+    assert list((run_dir / "summary").glob("events.out.events.summary.*"))
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {"layer_00", "layer_01", "grad_norm", "lr", "tokens_per_s"} <= set(rows[0])
+    assert {"kl", "feature", "ce"} <= set(rows[-1]) and rows[-1]["stage"] == "stage2"
+    from mindedit.models import from_pretrained
+    model = from_pretrained(run_dir / "export")
+    assert model.config.attention_target["kind"] == "gateswa"
+    assert (run_dir / "export/tokenizer.json").is_file()
+    # a rerun of a finished job trains nothing and reproduces the report
+    again = finish(job(run_dir))
+    assert "already finished" in again and json.loads((run_dir / "report.json").read_text())["kl"] == report["kl"]
+
+
+def test_sigkill_mid_stage_resumes_to_identical_losses_and_weights(finished_run, tmp_path):
+    reference, _ = finished_run
+    run_dir = tmp_path / "run"
+    kill_at(run_dir, 5)     # stage 1 step 5: the newest checkpoint is stage1 step 3
+    kill_at(run_dir, 12)    # stage 2 step 4 of the resumed run: newest is stage2 step 3
+    out = finish(job(run_dir))
+    assert "resuming from" in out and "stage1: already finished" in out
+    expected, got = losses(reference), losses(run_dir)
+    assert got.keys() == expected.keys()
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-9), step
+    a, b = load_file(str(reference / "export/model.safetensors")), load_file(str(run_dir / "export/model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-6, atol=1e-8, err_msg=name)
+
+
+def test_dashboard_serves_every_logged_step_and_renders_in_chromium(finished_run, tmp_path):
+    """Real MindInsight 2.3.1 (own venv, installed by the script on first use) and real headless Chromium."""
+    import shutil
+    import socket
+    import urllib.parse
+    import urllib.request
+    run_dir, _ = finished_run
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = [str(REPO / "scripts/dashboard.sh")]
+    started = subprocess.run(["bash", *script, str(run_dir), "--port", str(port)], capture_output=True, text=True,
+                             timeout=900)
+    assert started.returncode == 0, started.stderr[-2000:]
+    assert f"http://127.0.0.1:{port}/" in started.stdout
+    api = f"http://127.0.0.1:{port}/v1/mindinsight/datavisual"
+    try:
+        deadline, jobs = time.time() + 120, []
+        while time.time() < deadline:
+            with urllib.request.urlopen(f"{api}/train-jobs", timeout=10) as r:
+                jobs = json.load(r)["train_jobs"]
+            if jobs and jobs[0]["cache_status"] == "CACHED":
+                break
+            time.sleep(1)
+        assert [j["train_id"] for j in jobs] == ["./summary"]
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        expected = {}
+        for row in rows:
+            for key, value in row.items():
+                if key not in ("stage", "step", "global_step", "time") and isinstance(value, (int, float)):
+                    expected.setdefault(f"{row['stage']}/{key}/scalar", []).append((row["global_step"], value))
+        assert set(jobs[0]["plugins"]["scalar"]) == set(expected)
+        for tag, points in expected.items():
+            query = urllib.parse.urlencode({"train_id": "./summary", "tag": tag})
+            with urllib.request.urlopen(f"{api}/scalar/metadata?{query}", timeout=10) as r:
+                served = [(m["step"], m["value"]) for m in json.load(r)["metadatas"]]
+            assert [s for s, _ in served] == [s for s, _ in points], tag
+            np.testing.assert_allclose([v for _, v in served], [v for _, v in points], rtol=1e-6, err_msg=tag)
+        shot = tmp_path / "scalars.png"
+        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+        assert chromium, "chromium is installed by `bash scripts/setup.sh --test`"
+        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                        "--disable-component-update", "--disable-sync", "--no-first-run",
+                        f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,900",
+                        "--virtual-time-budget=15000", f"--screenshot={shot}",
+                        f"http://127.0.0.1:{port}/#/train-manage/scalar?train_id=./summary"],
+                       capture_output=True, timeout=120, check=True)
+        from PIL import Image
+        pixels = np.asarray(Image.open(shot).convert("RGB"))
+        assert pixels.shape[:2] == (900, 1280)
+        # a rendered page of charts: many distinct colours and the chart line colour, not a blank or error page
+        colours = {tuple(c) for c in pixels.reshape(-1, 3)[::7]}
+        assert len(colours) > 200
+    finally:
+        subprocess.run(["bash", *script, "--stop", "--port", str(port)], capture_output=True, timeout=120)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{api}/train-jobs", timeout=5)
