@@ -1,10 +1,12 @@
 """Ablation of the progressive distillation recipe at equal token budgets, on the real SmolLM2-135M.
 
-    python bench/ablation.py --config configs/smollm2_135m_mla.yaml --tokens 20000 [--only NAME ...]
+    python bench/ablation.py --config configs/smollm2_135m_gateswa.yaml --tokens 10240 [--eval-windows 2]
+                             [--only NAME ...]
 
 Every variant is the config's own job with a few keys overridden, run as its own process into
 runs/ablation/<variant>/ (so each resumes on a rerun and frees its memory), and scored by the job's own
-held-out evaluation. The variants spend the same total number of training tokens (--tokens):
+held-out evaluation (its first --eval-windows windows; decode speed is not measured). The variants spend the
+same total number of training tokens (--tokens):
 
     both            stage 1 then stage 2, half the tokens each (the default recipe)
     stage1_only     all tokens in stage 1
@@ -39,9 +41,10 @@ def variants(raw: dict, tokens: int, layers: int) -> dict:
     return out
 
 
-def variant_config(raw: dict, name: str, change: dict) -> dict:
+def variant_config(raw: dict, name: str, change: dict, eval_windows: int) -> dict:
     cfg = json.loads(json.dumps(raw))
     cfg["name"] = f"{raw['name']}-{name}"
+    cfg["eval"] = dict(cfg.get("eval") or {}, max_windows=eval_windows, decode_tokens=0)
     cfg.setdefault("train", {})
     for stage in ("stage1", "stage2"):
         spec = dict(cfg["train"].get(stage) or {})
@@ -56,6 +59,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True)
     p.add_argument("--tokens", type=int, required=True, help="training tokens per variant (both stages together)")
+    p.add_argument("--eval-windows", type=int, default=2, help="held-out windows scored per variant (default 2)")
     p.add_argument("--only", nargs="+", help="run only these variants")
     p.add_argument("--out", default=str(REPO / "docs/ablation.json"))
     args = p.parse_args(argv)
@@ -67,7 +71,7 @@ def main(argv=None):
     for name, change in variants(raw, args.tokens, layers).items():
         if args.only and name not in args.only:
             continue
-        cfg = variant_config(raw, name, change)
+        cfg = variant_config(raw, name, change, args.eval_windows)
         run_dir = REPO / "runs/ablation" / cfg["name"]
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=config.parent, delete=False) as f:
             yaml.safe_dump(cfg, f)  # beside the original: relative data paths keep their meaning

@@ -148,7 +148,8 @@ class Job:
         init = self.evaluate("init")
         tokens = self.train()
         final = self.evaluate("final")
-        speed = self.decode_speed()
+        speed = self.decode_speed() if cfg.eval["decode_tokens"] else {
+            f"{k}_{who}": None for k in ("decode_tokens_per_s", "cache_bytes") for who in ("teacher", "student")}
         kv = kv_report(self.teacher.config, cfg.target, sorted({cfg.eval["seq_len"], *cfg.contexts}),
                        cfg.kv_dtype_bytes)
         at_eval = next(r for r in kv["contexts"] if r["context"] == cfg.eval["seq_len"])

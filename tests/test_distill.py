@@ -138,3 +138,24 @@ def test_export_loads_back_to_identical_logits(hf_models, rng, tmp_path, arch, t
     loaded = from_pretrained(out)
     ids = ms.Tensor(rng.integers(0, 256, (2, 20)), ms.int32)
     np.testing.assert_array_equal(loaded(ids).asnumpy(), student(ids).asnumpy())
+
+
+def test_half_precision_parameters_are_updated_through_fp32_master_weights():
+    """The Ascend path (half-precision compute): tiny updates accumulate in the fp32 master copy instead of
+    vanishing in rounding. float16 stands in for bfloat16, which has no CPU kernels (not even Identity)."""
+    w = Parameter(ms.Tensor(np.ones((2, 2), np.float16)), name="w")
+    opt = AdamW([w], clip=0.0)
+    assert opt.master_weights and opt.master[0].dtype == ms.float32
+
+    @ms.jit
+    def micro(g):
+        opt.accumulate((g,))
+        return g
+
+    for _ in range(20):  # 20 steps of 1e-4: each below float16's resolution at 1.0 (2^-10)
+        micro(ms.Tensor(np.ones((2, 2), np.float32)))
+        opt.apply(ms.Tensor(1e-4, ms.float32), ms.Tensor(1.0, ms.float32))
+    master = opt.master[0].asnumpy()
+    np.testing.assert_allclose(master, 1 - 20e-4, rtol=1e-5)
+    np.testing.assert_allclose(w.asnumpy().astype(np.float32), master, atol=2 ** -10)
+    assert w.asnumpy().astype(np.float32).max() < 1.0  # without masters every step would round back to 1.0

@@ -76,3 +76,34 @@ def test_bad_job_config_is_named(tmp_path):
     bad.write_text("model: [1, 2\n")
     with pytest.raises(JobConfigError, match="not valid YAML"):
         load_job_config(bad)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"train": {"stage1": {"lr": "fast"}}}, r"train\.stage1\.lr='fast': expected float"),
+    ({"train": {"stage2": {"kl": "sideways"}}}, r"train\.stage2\.kl='sideways': expected one of"),
+    ({"train": {"stage2": {"trainable": "mlp"}}}, r"train\.stage2\.trainable='mlp'"),
+    ({"train": {"stage1": {"tokens": 10, "steps": 2}}}, r"train\.stage1: give tokens or steps, not both"),
+    ({"train": {"stage1": {"lrr": 1e-3}}}, r"train\.stage1\.lrr: unknown key"),
+    ({"train": {"batch_size": 0}}, r"train\.batch_size=0: expected at least 1"),
+    ({"train": {"grad_accum": -1}}, r"train\.grad_accum=-1: expected a non-negative number"),
+    ({"train": {"stage2": {"feature_layers": [99]}}}, r"train\.stage2\.feature_layers: 99 is not a layer index 0\.\.35"),
+    ({"data": {"train": ["a.txt"]}}, r"data\.eval: required"),
+    ({"data": {"train": ["a.txt"], "eval": ["b.txt"], "seq_len": 1}}, r"data\.seq_len=1: expected at least 2"),
+    ({"eval": {"seq_len": True}}, r"eval\.seq_len=True: expected int"),
+])
+def test_bad_training_sections_are_named(tmp_path, change, message):
+    import yaml
+    raw = yaml.safe_load((CONFIGS / "qwen3_8b_mla.yaml").read_text())
+    raw.update(change)
+    bad = tmp_path / "job.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    with pytest.raises(JobConfigError, match=r"job\.yaml: " + message):
+        load_job_config(bad)
+
+
+def test_shipped_job_configs_load_with_their_budgets():
+    from mindedit.config import stage_steps
+    for name, steps in (("smollm2_135m_gateswa", (120, 40)), ("smollm2_135m_mla", (300, 60)),
+                        ("tiny_gateswa", (8, 6))):
+        cfg = load_job_config(CONFIGS / f"{name}.yaml")
+        assert (stage_steps(cfg, "stage1"), stage_steps(cfg, "stage2")) == steps, name

@@ -85,6 +85,9 @@ class Trainer:
                 self.position += 1
                 l, a = micro_step(ids)
                 loss, aux = loss + float(l.asnumpy()), aux + a.asnumpy()
+            if not np.isfinite(loss):  # stop before the update spoils the weights; checkpoints stay clean
+                raise FloatingPointError(f"{stage.name} step {step + 1}: the loss is {loss} (lr {lr:.3g}); the "
+                                         f"newest checkpoint in {self.run_dir}/checkpoints is from before it")
             norm = float(opt.apply(ms.Tensor(lr, ms.float32), ms.Tensor(float(self.grad_accum), ms.float32)).asnumpy())
             tokens = self.grad_accum * self.tokens_per_micro
             self.tokens[stage.name] = self.tokens.get(stage.name, 0) + tokens

@@ -30,12 +30,13 @@ def markdown(r: dict) -> str:
              "| | teacher | student before training | student |", "|---|---|---|---|",
              f"| perplexity | {r['teacher_ppl']:.3f} | {r['student_ppl_init']:.3f} | {r['student_ppl']:.3f} |",
              f"| KL(teacher \\|\\| student) per token | 0 | {r['kl_init']:.4f} | {r['kl']:.4f} |",
-             f"| top-1 agreement | 100% | {100 * r['top1_agreement_init']:.1f}% | {100 * r['top1_agreement']:.1f}% |",
-             f"| greedy decode tokens/s (prompt {r['decode_prompt_tokens']}) | "
-             f"{r['decode_tokens_per_s_teacher']:.2f} | | {r['decode_tokens_per_s_student']:.2f} |",
-             f"| cache bytes at that length | {r['cache_bytes_teacher']:,} | | {r['cache_bytes_student']:,} |",
-             "", "KV cache (bytes at the config's kv_dtype):", "",
-             "| context | teacher | student | reduction |", "|---|---|---|---|"]
+             f"| top-1 agreement | 100% | {100 * r['top1_agreement_init']:.1f}% | {100 * r['top1_agreement']:.1f}% |"]
+    if r["decode_tokens_per_s_teacher"] is not None:  # eval.decode_tokens: 0 skips the decode measurement
+        lines += [f"| greedy decode tokens/s (prompt {r['decode_prompt_tokens']}) | "
+                  f"{r['decode_tokens_per_s_teacher']:.2f} | | {r['decode_tokens_per_s_student']:.2f} |",
+                  f"| cache bytes at that length | {r['cache_bytes_teacher']:,} | | {r['cache_bytes_student']:,} |"]
+    lines += ["", "KV cache (bytes at the config's kv_dtype):", "",
+              "| context | teacher | student | reduction |", "|---|---|---|---|"]
     for c in r["kv"]["contexts"]:
         lines.append(f"| {c['context']} | {c['teacher_bytes']:,} | {c['student_bytes']:,} | "
                      f"{100 * c['reduction']:.1f}% |")
