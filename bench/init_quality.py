@@ -37,6 +37,7 @@ def variants():
     for name, sinks, logit in (("GateSWA plain window", 0, False), ("GateSWA + 4 sink tokens", 4, False),
                                ("GateSWA + sink logit", 0, True)):
         yield name, GateSWAConfig(window=256, pattern="SSSF", sink_tokens=sinks, sink_logit=logit)
+    yield "GateSWA + 4 sinks, auto layers", GateSWAConfig(window=256, pattern="auto", full_layers=7, sink_tokens=4)
 
 
 def layer_errors(teacher, student, acts):
@@ -54,6 +55,7 @@ def main():
     ap.add_argument("--context", type=int, default=2048)
     ap.add_argument("--windows", type=int, default=2)
     ap.add_argument("--calibration-tokens", type=int, default=2048)
+    ap.add_argument("--only", help="only the variants whose name contains this text")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     path = smollm2_gguf()
@@ -66,13 +68,17 @@ def main():
     probe = attention_inputs(teacher, np.asarray(eval_ids[:1024])[None])
     rows = []
     for name, target in variants():
+        if args.only and args.only not in name:
+            continue
         t0 = time.perf_counter()
         student = edit_model(teacher, target, calib)
         errs = layer_errors(teacher, student, probe)
         cmp = compare(teacher, student, eval_ids, args.context, args.windows)
-        kv = kv_report(teacher.config, target, [args.context], 4)["contexts"][0]
+        kv = kv_report(teacher.config, student.target, [args.context], 4)["contexts"][0]
         rows.append({"variant": name, "kv_reduction": kv["reduction"], "layer_err_mean": float(np.mean(errs)),
                      "layer_err_max": float(np.max(errs)), "layer_errors": errs, **cmp,
+                     "full_layers": [i for i, t in enumerate(getattr(student.target, "layer_types", None) or [])
+                                     if t == "full"],
                      "seconds": time.perf_counter() - t0})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "layer_errors"}), file=sys.stderr)
         # each compiled graph keeps its buffers (docs/environment.md): free them before the next student

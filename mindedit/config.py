@@ -6,7 +6,8 @@ Every error names the file and the key. Sections so far:
     target: {kind: mla | gateswa, ...}   (mindedit.edit.config)
     kv_dtype: float32 | bfloat16 | float16   (what the KV report counts; bf16 on 910B)
     data: {train: [globs], eval: [globs], seq_len}      text files (relative to the config, or asset:sotu/...)
-    train: {seed, batch_size, grad_accum, checkpoint_every, stage1: {...}, stage2: {...}}
+    train: {seed, batch_size, grad_accum, checkpoint_every, stage1: {...}, stage2: {...}}   (a stage may set its
+           own seq_len: stage 2 of a GateSWA job wants contexts well beyond the window)
     eval: {contexts: [...], seq_len, max_windows, decode_tokens}
 The keys of data, train and eval, their types and defaults are in SCHEMAS below.
 """
@@ -24,7 +25,7 @@ SECTIONS = {"name", "model", "target", "kv_dtype", "data", "train", "eval"}
 
 # key: (type, default); a default of REQUIRED must be given. Numbers must be >= 0 unless noted in _check.
 REQUIRED = object()
-STAGE = {"tokens": (int, 0), "steps": (int, 0), "lr": (float, 1e-4), "warmup_steps": (int, 0),
+STAGE = {"tokens": (int, 0), "steps": (int, 0), "seq_len": (int, 0), "lr": (float, 1e-4), "warmup_steps": (int, 0),
          "schedule": (str, "cosine"), "min_lr_ratio": (float, 0.1), "clip": (float, 1.0),
          "weight_decay": (float, 0.0), "beta1": (float, 0.9), "beta2": (float, 0.95)}
 SCHEMAS = {
@@ -164,6 +165,11 @@ def load_job_config(path) -> JobConfig:
         train[stage] = section(train[stage], f"train.{stage}", src)
         if train[stage]["tokens"] and train[stage]["steps"]:
             raise JobConfigError(f"{path}: train.{stage}: give tokens or steps, not both")
+    for stage in ("stage1", "stage2"):  # a stage's training windows: its own seq_len, else data.seq_len
+        spec = train[stage]
+        spec["seq_len"] = spec["seq_len"] or (cfg.data or {}).get("seq_len", 0)
+        if cfg.data and spec["seq_len"] < 2:
+            raise JobConfigError(f"{path}: train.{stage}.seq_len={spec['seq_len']}: expected at least 2")
     for key in ("batch_size", "grad_accum", "checkpoint_every"):
         if train[key] < 1:
             raise JobConfigError(f"{path}: train.{key}={train[key]}: expected at least 1")
@@ -181,5 +187,5 @@ def stage_steps(cfg: JobConfig, stage: str, dp_size: int = 1) -> int:
     spec, t = cfg.train[stage], cfg.train
     if spec["steps"]:
         return spec["steps"]
-    per_step = t["batch_size"] * t["grad_accum"] * dp_size * cfg.data["seq_len"]
+    per_step = t["batch_size"] * t["grad_accum"] * dp_size * spec["seq_len"]
     return -(-spec["tokens"] // per_step)

@@ -10,6 +10,7 @@ reused, training continues from the newest valid checkpoint, finished stages are
 import gc
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,9 @@ class Job:
         from mindedit.models import from_pretrained
         cfg = self.cfg
         self.teacher = from_pretrained(cfg.resolve_model_path(), cfg.dtype)
-        seq = cfg.data["seq_len"]
+        # calibration for the MLA initialisers and GateSWA's pattern "auto": the first training tokens, one window
+        # of the eval context (long-range behaviour is what a sliding window loses)
+        seq = max(cfg.data["seq_len"], cfg.eval["seq_len"])
         calibration = np.asarray(load_tokens(self.run_dir / "data", "train")[:seq], np.int32)[None]
         self.student = edit_model(self.teacher, cfg.target, calibration, seed=cfg.train["seed"])
         untie(self.student, self.teacher, cfg.train["stage2"]["trainable"])
@@ -102,8 +105,12 @@ class Job:
         out["decode_prompt_tokens"] = len(prompt)
         return out
 
-    def train(self):
+    def batches(self, spec: dict):
         from mindedit.data.shards import Batches
+        t = self.cfg.train
+        return Batches(self.run_dir / "data", spec["seq_len"], t["batch_size"], t["seed"])
+
+    def train(self):
         from mindedit.distill.stage1 import Stage1Loss
         from mindedit.distill.stage2 import Stage2Loss
         from mindedit.distill.trainer import Stage, Trainer
@@ -111,10 +118,9 @@ class Job:
         from mindedit.utils.metrics import Metrics
         cfg, t = self.cfg, self.cfg.train
         resume = checkpoint.latest(self.run_dir / "checkpoints", warn=log)
-        batches = Batches(self.run_dir / "data", cfg.data["seq_len"], t["batch_size"], t["seed"])
         metrics = Metrics(self.run_dir, keep_until=resume[1]["global_step"] if resume else 0)
-        trainer = Trainer(self.run_dir, self.weights, batches, t["batch_size"] * cfg.data["seq_len"],
-                          t["grad_accum"], t["checkpoint_every"], metrics, t["seed"], log, self.progress)
+        trainer = Trainer(self.run_dir, self.weights, t["grad_accum"], t["checkpoint_every"], metrics, t["seed"], log,
+                          self.progress)
         if resume:
             checkpoint.load(resume[0], self.weights, {})
             trainer.restore(resume[1])
@@ -123,13 +129,13 @@ class Job:
         attention = [p for n, p in self.weights.items() if "self_attn" in n and p.requires_grad]
         stage1 = Stage("stage1", Stage1Loss(self.teacher, self.student),
                        [f"layer_{i:02d}" for i in range(len(self.student.model.layers))], attention, s1,
-                       stage_steps(cfg, "stage1"))
+                       stage_steps(cfg, "stage1"), self.batches(s1))
         trainer.run(stage1, resume)
         free_graph_memory()
         stage2 = Stage("stage2", Stage2Loss(self.teacher, self.student, s2["kl"], s2["temperature"],
                                             s2["feature_layers"], s2["feature_weight"], s2["ce_weight"]),
                        ["kl", "feature", "ce"], [p for p in self.weights.values() if p.requires_grad], s2,
-                       stage_steps(cfg, "stage2"))
+                       stage_steps(cfg, "stage2"), self.batches(s2))
         trainer.run(stage2, resume)
         metrics.close()
         free_graph_memory()
@@ -161,6 +167,7 @@ class Job:
             "kl_init": init["kl"], "kl": final["kl"],
             "top1_agreement_init": init["top1_agreement"], "top1_agreement": final["top1_agreement"],
             "kv_reduction": at_eval["reduction"], "kv": kv,
+            "attention": asdict(self.student.target), "window_errors": self.student.window_errors,
             "tokens_stage1": tokens.get("stage1", 0), "tokens_stage2": tokens.get("stage2", 0),
             **speed, "minutes": (time.time() - self.started) / 60,
         }

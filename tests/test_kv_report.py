@@ -90,6 +90,8 @@ def test_bad_job_config_is_named(tmp_path):
     ({"data": {"train": ["a.txt"]}}, r"data\.eval: required"),
     ({"data": {"train": ["a.txt"], "eval": ["b.txt"], "seq_len": 1}}, r"data\.seq_len=1: expected at least 2"),
     ({"eval": {"seq_len": True}}, r"eval\.seq_len=True: expected int"),
+    ({"data": {"train": ["a.txt"], "eval": ["b.txt"]}, "train": {"stage2": {"seq_len": 1}}},
+     r"train\.stage2\.seq_len=1: expected at least 2"),
 ])
 def test_bad_training_sections_are_named(tmp_path, change, message):
     import yaml
@@ -103,7 +105,7 @@ def test_bad_training_sections_are_named(tmp_path, change, message):
 
 def test_shipped_job_configs_load_with_their_budgets():
     from mindedit.config import stage_steps
-    for name, steps in (("smollm2_135m_gateswa", (120, 40)), ("smollm2_135m_mla", (300, 60)),
+    for name, steps in (("smollm2_135m_gateswa", (80, 30)), ("smollm2_135m_mla", (300, 60)),
                         ("tiny_gateswa", (8, 6))):
         cfg = load_job_config(CONFIGS / f"{name}.yaml")
         assert (stage_steps(cfg, "stage1"), stage_steps(cfg, "stage2")) == steps, name

@@ -116,10 +116,36 @@ def test_gateswa_init_equals_teacher_within_the_window(teachers, rng):
     (GateSWAConfig(window=8, pattern="SSX"), "pattern='SSX'"),
     (GateSWAConfig(window=8, pattern="S"), "leaves no full-attention layer"),
     (GateSWAConfig(window=8, layer_types=["sliding"]), "expected 2 entries"),
+    (GateSWAConfig(window=8, pattern="auto"), r"full_layers=None: pattern 'auto' needs the number"),
+    (GateSWAConfig(window=8, pattern="auto", full_layers=3), r"full_layers=3: .* 1\.\.2"),
+    (GateSWAConfig(window=8, pattern="SF", full_layers=1), "only used with pattern: auto"),
 ])
 def test_bad_targets_are_named(teachers, target, message):
     with pytest.raises(TargetError, match=message):
         edit_model(teachers["qwen3"], target, np.zeros((1, 8), np.int64))
+
+
+def test_auto_pattern_keeps_the_layers_the_window_hurts_most(teachers, rng):
+    """pattern "auto": each layer's window error on calibration text equals what an explicitly sliding copy of
+    that layer makes on the teacher's own inputs; the largest stays full; zero errors when the text fits."""
+    teacher = teachers["qwen3"]
+    calib = rng.integers(0, 256, (2, 48))
+    student = edit_model(teacher, GateSWAConfig(window=8, sink_tokens=2, pattern="auto", full_layers=1), calib)
+    errors = student.window_errors
+    sliding = edit_model(teacher, GateSWAConfig(window=8, sink_tokens=2, layer_types=["sliding", "sliding"],
+                                                require_full_layer=False))
+    inputs, outputs = teacher.model.attention_io(ms.Tensor(calib, ms.int32))
+    for i, (h, y) in enumerate(zip(inputs, outputs)):
+        s, y = sliding.model.layers[i].self_attn(h).asnumpy(), y.asnumpy()
+        assert errors[i] == pytest.approx(((s - y) ** 2).sum() / (y * y).sum(), rel=1e-4)
+    assert min(errors) > 1e-6
+    keep = int(np.argmax(errors))
+    assert student.target.layer_types == ["full" if i == keep else "sliding" for i in range(2)]
+    assert student.target.num_full(2) == 1
+    short = edit_model(teacher, GateSWAConfig(window=8, sink_tokens=2, pattern="auto", full_layers=1), calib[:, :8])
+    assert max(short.window_errors) < 1e-10 and short.target.layer_types == ["full", "sliding"]
+    with pytest.raises(ValueError, match="pass calibration_ids"):
+        edit_model(teacher, GateSWAConfig(window=8, pattern="auto", full_layers=1))
 
 
 @pytest.mark.parametrize("chunk", [4, 5, 7])

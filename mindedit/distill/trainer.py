@@ -1,8 +1,8 @@
 """The training loop shared by both stages: compiled micro-steps with gradient accumulation, AdamW with the lr
 schedule, metrics, progress bar, and atomic checkpoints that make a rerun continue exactly where it stopped.
 
-A stage is (name, loss cell, names of its aux terms, trainable parameters, stage spec). The loss cell maps
-ids [B, T] -> (loss, aux vector); the loop does not know what the loss is.
+A stage is (name, loss cell, names of its aux terms, trainable parameters, stage spec, steps, batches). The loss
+cell maps ids [B, T] -> (loss, aux vector); the loop does not know what the loss is.
 """
 import time
 from dataclasses import dataclass
@@ -23,6 +23,7 @@ class Stage:
     params: list           # trainable Parameters
     spec: dict             # the train.<stage> section: lr, warmup_steps, schedule, min_lr_ratio, clip, ...
     steps: int
+    batches: object        # .get(position) -> ids [B, T] (mindedit.data.shards.Batches at the stage's seq_len)
 
 
 class Trainer:
@@ -30,10 +31,9 @@ class Trainer:
     checkpoint holds). To resume, load the weights of checkpoint.latest(), call ``restore(state)``, then pass
     (path, state) to ``run`` for each stage: a finished stage is skipped, the interrupted one continues."""
 
-    def __init__(self, run_dir, weights: dict, batches, tokens_per_micro: int, grad_accum: int,
-                 checkpoint_every: int, metrics, seed: int, log=print, show_progress: bool = True):
-        self.run_dir, self.weights, self.batches = run_dir, weights, batches
-        self.tokens_per_micro, self.grad_accum = tokens_per_micro, grad_accum
+    def __init__(self, run_dir, weights: dict, grad_accum: int, checkpoint_every: int, metrics, seed: int,
+                 log=print, show_progress: bool = True):
+        self.run_dir, self.weights, self.grad_accum = run_dir, weights, grad_accum
         self.every, self.metrics, self.seed, self.log = checkpoint_every, metrics, seed, log
         self.show_progress = show_progress
         self.position = 0          # global batches consumed (data position)
@@ -74,14 +74,15 @@ class Trainer:
             opt.accumulate(grads)
             return loss, aux
 
-        bar = Progress((stage.steps - start) * self.grad_accum * self.tokens_per_micro, stage.name) \
+        tokens = self.grad_accum * stage.batches.batch * stage.batches.seq_len  # per optimizer step
+        bar = Progress((stage.steps - start) * tokens, stage.name) \
             if self.show_progress else None
         for step in range(start, stage.steps):
             t0 = time.perf_counter()
             lr = lr_at(step, stage.steps, spec["lr"], spec["warmup_steps"], spec["schedule"], spec["min_lr_ratio"])
             loss, aux = 0.0, np.zeros(len(stage.aux_names))
             for _ in range(self.grad_accum):
-                ids = ms.Tensor(self.batches.get(self.position))
+                ids = ms.Tensor(stage.batches.get(self.position))
                 self.position += 1
                 l, a = micro_step(ids)
                 loss, aux = loss + float(l.asnumpy()), aux + a.asnumpy()
@@ -89,7 +90,6 @@ class Trainer:
                 raise FloatingPointError(f"{stage.name} step {step + 1}: the loss is {loss} (lr {lr:.3g}); the "
                                          f"newest checkpoint in {self.run_dir}/checkpoints is from before it")
             norm = float(opt.apply(ms.Tensor(lr, ms.float32), ms.Tensor(float(self.grad_accum), ms.float32)).asnumpy())
-            tokens = self.grad_accum * self.tokens_per_micro
             self.tokens[stage.name] = self.tokens.get(stage.name, 0) + tokens
             self.global_step += 1
             seconds = time.perf_counter() - t0

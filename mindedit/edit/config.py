@@ -54,7 +54,9 @@ class MLAConfig:
 @dataclass
 class GateSWAConfig:
     window: int
-    pattern: Optional[str] = "SSSSSF"        # repeated over the layers; S sliding, F full
+    pattern: Optional[str] = "SSSSSF"        # repeated over the layers; S sliding, F full; or "auto" (below)
+    full_layers: Optional[int] = None        # with pattern "auto": how many layers keep full attention, chosen at
+                                             # conversion as those the window alone hurts most (calibration text)
     layer_types: Optional[list] = None       # explicit per-layer "sliding" / "full" (overrides pattern)
     sink_tokens: int = 4
     sink_logit: bool = False
@@ -71,11 +73,23 @@ class GateSWAConfig:
             raise TargetError(f"{where}.sink_tokens={self.sink_tokens}: expected >= 0")
         if self.gate not in GATES:
             raise TargetError(f"{where}.gate={self.gate!r}: expected one of {GATES}")
+        if self.pattern == "auto":
+            low = 1 if self.require_full_layer else 0
+            if not isinstance(self.full_layers, int) or not low <= self.full_layers <= n:
+                raise TargetError(f"{where}.full_layers={self.full_layers!r}: pattern 'auto' needs the number of "
+                                  f"full-attention layers to keep, {low}..{n}")
+        elif self.full_layers is not None:
+            raise TargetError(f"{where}.full_layers={self.full_layers!r}: only used with pattern: auto")
         if self.layer_types is not None:
             bad = [t for t in self.layer_types if t not in ("sliding", "full")]
             if len(self.layer_types) != n or bad:
                 raise TargetError(f"{where}.layer_types: expected {n} entries of 'sliding'/'full', got "
                                   f"{len(self.layer_types)} entries" + (f" including {bad[0]!r}" if bad else ""))
+            if self.pattern == "auto" and self.layer_types.count("full") != self.full_layers:
+                raise TargetError(f"{where}.layer_types: {self.layer_types.count('full')} full layers, but "
+                                  f"full_layers={self.full_layers}")
+        elif self.pattern == "auto":
+            return self  # layer_types are chosen by mindedit.edit.surgery.edit_model on calibration text
         else:
             if not self.pattern or set(self.pattern) - {"S", "F"}:
                 raise TargetError(f"{where}.pattern={self.pattern!r}: expected a string of S (sliding) and F (full)")
@@ -85,6 +99,11 @@ class GateSWAConfig:
             raise TargetError(f"{where}: the layer pattern leaves no full-attention layer (set require_full_layer: "
                               f"false to allow an all-sliding model)")
         return self
+
+    def num_full(self, n_layers: int) -> int:
+        if self.layer_types is None:
+            return self.full_layers
+        return sum(t == "full" for t in self.layer_types)
 
     def cache_values_per_token(self, cfg) -> int:
         """Per token in the unbounded (full) layers only; sliding layers hold a fixed ring."""

@@ -45,6 +45,29 @@ def attention_inputs(model, ids: np.ndarray) -> list:
     return [h.asnumpy().reshape(-1, h.shape[-1]).astype(np.float64) for h in inputs]
 
 
+def window_errors(teacher, target: GateSWAConfig, ids: np.ndarray) -> list:
+    """For each layer, the normalised squared error ||s - y||^2 / ||y||^2 its attention would make with the window
+    alone (a sliding copy of the source, gate open) against the teacher's output y, both on the teacher's own
+    layer inputs for calibration ids [B, T]: what converting that layer to sliding attention costs."""
+    def tap(x):
+        return teacher.model.attention_io(x)
+
+    inputs, outputs = ms.jit(tap)(ms.Tensor(np.asarray(ids, np.int32)))
+    sliding = asdict(replace(target, layer_types=["sliding"] * len(inputs)))
+    errors = []
+    for i, (layer, h, y) in enumerate(zip(teacher.model.layers, inputs, outputs)):
+        s = gateswa_attention(layer.self_attn, teacher.config, sliding, i, teacher.dtype)(h)
+        y = y.asnumpy().astype(np.float64)
+        errors.append(float(((s.asnumpy().astype(np.float64) - y) ** 2).sum() / max((y * y).sum(), 1e-30)))
+    return errors
+
+
+def choose_full_layers(target: GateSWAConfig, errors: list) -> GateSWAConfig:
+    """pattern "auto": the ``full_layers`` layers with the largest window errors stay full (ties: lower index)."""
+    keep = set(sorted(range(len(errors)), key=lambda i: (-errors[i], i))[:target.full_layers])
+    return replace(target, layer_types=["full" if i in keep else "sliding" for i in range(len(errors))])
+
+
 def gateswa_attention(src, cfg, target: dict, layer: int, dtype):
     attn = build_attention(cfg, target, layer, dtype)
     # q/k/v/o and norms copied from the source; a gate (zeros) starts open and the sink logit at -20: equal to
@@ -73,9 +96,16 @@ def mla_attention(src, cfg, target: MLAConfig, x, dtype, rng):
 
 
 def edit_model(teacher: CausalLM, target, calibration_ids=None, seed: int = 0) -> CausalLM:
-    """Returns the student. ``calibration_ids`` [B, T] (real text) are needed by the MLA initialisers."""
+    """Returns the student. ``calibration_ids`` [B, T] (real text) are needed by the MLA initialisers and by
+    GateSWA's pattern "auto" (then ``student.window_errors`` holds the per-layer errors it chose by)."""
     cfg, dtype = teacher.config, teacher.dtype
     target.resolve(cfg)
+    errors = None
+    if isinstance(target, GateSWAConfig) and target.layer_types is None:  # pattern "auto"
+        if calibration_ids is None:
+            raise ValueError("GateSWA pattern 'auto' picks the full layers on real text: pass calibration_ids")
+        errors = window_errors(teacher, target, calibration_ids)
+        target = choose_full_layers(target, errors).resolve(cfg)
     acts = None
     if isinstance(target, MLAConfig) and target.init != "random":
         if calibration_ids is None:
@@ -91,7 +121,7 @@ def edit_model(teacher: CausalLM, target, calibration_ids=None, seed: int = 0) -
         layers.append(DecoderLayer(layer.input_layernorm, attn, layer.post_attention_layernorm, layer.mlp))
     body = DecoderModel(teacher.model.embed_tokens, layers, teacher.model.norm)
     student = CausalLM(replace(cfg, attention_target=asdict(target)), dtype, body, getattr(teacher, "lm_head", None))
-    student.target = target
+    student.target, student.window_errors = target, errors
     student.set_train(False)
     name_own_parameters(student, teacher)
     return student

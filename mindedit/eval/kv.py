@@ -12,7 +12,7 @@ def student_values(cfg, target, context: int) -> int:
         return context * cfg.num_hidden_layers * (target.kv_lora_rank + target.qk_rope_head_dim)
     assert isinstance(target, GateSWAConfig)
     per_token = 2 * cfg.num_key_value_heads * cfg.head_dim
-    sliding = sum(t == "sliding" for t in target.layer_types)
+    sliding = cfg.num_hidden_layers - target.num_full(cfg.num_hidden_layers)
     ring = min(context, target.sink_tokens + target.window)
     return per_token * ((cfg.num_hidden_layers - sliding) * context + sliding * ring)
 

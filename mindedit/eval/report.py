@@ -35,6 +35,14 @@ def markdown(r: dict) -> str:
         lines += [f"| greedy decode tokens/s (prompt {r['decode_prompt_tokens']}) | "
                   f"{r['decode_tokens_per_s_teacher']:.2f} | | {r['decode_tokens_per_s_student']:.2f} |",
                   f"| cache bytes at that length | {r['cache_bytes_teacher']:,} | | {r['cache_bytes_student']:,} |"]
+    a = r.get("attention") or {}
+    if a.get("kind") == "gateswa":
+        full = [i for i, t in enumerate(a["layer_types"]) if t == "full"]
+        how = (" (pattern auto: the layers with the largest window error on calibration text)"
+               if a.get("pattern") == "auto" else "")
+        lines += ["", f"Full-attention layers{how}: {', '.join(map(str, full))}; the other "
+                      f"{len(a['layer_types']) - len(full)} use a {a['window']}-token window + {a['sink_tokens']} "
+                      f"sink tokens."]
     lines += ["", "KV cache (bytes at the config's kv_dtype):", "",
               "| context | teacher | student | reduction |", "|---|---|---|---|"]
     for c in r["kv"]["contexts"]:
