@@ -162,11 +162,10 @@ def load_job_config(path) -> JobConfig:
             raise JobConfigError(f"{path}: data.seq_len={cfg.data['seq_len']}: expected at least 2")
     train = section(raw.get("train"), "train", src)
     for stage in ("stage1", "stage2"):
-        train[stage] = section(train[stage], f"train.{stage}", src)
-        if train[stage]["tokens"] and train[stage]["steps"]:
+        spec = train[stage] = section(train[stage], f"train.{stage}", src)
+        if spec["tokens"] and spec["steps"]:
             raise JobConfigError(f"{path}: train.{stage}: give tokens or steps, not both")
-    for stage in ("stage1", "stage2"):  # a stage's training windows: its own seq_len, else data.seq_len
-        spec = train[stage]
+        # a stage's training windows: its own seq_len, else data.seq_len
         spec["seq_len"] = spec["seq_len"] or (cfg.data or {}).get("seq_len", 0)
         if cfg.data and spec["seq_len"] < 2:
             raise JobConfigError(f"{path}: train.{stage}.seq_len={spec['seq_len']}: expected at least 2")

@@ -141,7 +141,7 @@ def test_auto_pattern_keeps_the_layers_the_window_hurts_most(teachers, rng):
     assert min(errors) > 1e-6
     keep = int(np.argmax(errors))
     assert student.target.layer_types == ["full" if i == keep else "sliding" for i in range(2)]
-    assert student.target.num_full(2) == 1
+    assert student.target.num_full() == 1
     short = edit_model(teacher, GateSWAConfig(window=8, sink_tokens=2, pattern="auto", full_layers=1), calib[:, :8])
     assert max(short.window_errors) < 1e-10 and short.target.layer_types == ["full", "sliding"]
     with pytest.raises(ValueError, match="pass calibration_ids"):

@@ -100,7 +100,7 @@ class GateSWAConfig:
                               f"false to allow an all-sliding model)")
         return self
 
-    def num_full(self, n_layers: int) -> int:
+    def num_full(self) -> int:
         if self.layer_types is None:
             return self.full_layers
         return sum(t == "full" for t in self.layer_types)

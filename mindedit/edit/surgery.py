@@ -34,14 +34,19 @@ def assign(cell, values: dict, where: str):
         p.set_data(ms.Tensor(v.astype(np.float32)).astype(p.dtype))
 
 
-def attention_inputs(model, ids: np.ndarray) -> list:
-    """What each layer's attention sees (the normed hidden state) on calibration ids [B, T]: [N, hidden] each."""
+def attention_io(model, ids: np.ndarray):
+    """Each layer's attention input (the normed hidden state) and output on ids [B, T], compiled: tensors."""
     # jit a plain function, not the bound method: jitting a cell's non-construct method directly makes later
     # graphs that call the cell pick up that method's graph (MindSpore 2.10)
     def tap(x):
         return model.model.attention_io(x)
 
-    inputs, _ = ms.jit(tap)(ms.Tensor(ids.astype(np.int32)))
+    return ms.jit(tap)(ms.Tensor(np.asarray(ids, np.int32)))
+
+
+def attention_inputs(model, ids: np.ndarray) -> list:
+    """What each layer's attention sees (the normed hidden state) on calibration ids [B, T]: [N, hidden] each."""
+    inputs, _ = attention_io(model, ids)
     return [h.asnumpy().reshape(-1, h.shape[-1]).astype(np.float64) for h in inputs]
 
 
@@ -49,10 +54,7 @@ def window_errors(teacher, target: GateSWAConfig, ids: np.ndarray) -> list:
     """For each layer, the normalised squared error ||s - y||^2 / ||y||^2 its attention would make with the window
     alone (a sliding copy of the source, gate open) against the teacher's output y, both on the teacher's own
     layer inputs for calibration ids [B, T]: what converting that layer to sliding attention costs."""
-    def tap(x):
-        return teacher.model.attention_io(x)
-
-    inputs, outputs = ms.jit(tap)(ms.Tensor(np.asarray(ids, np.int32)))
+    inputs, outputs = attention_io(teacher, ids)
     sliding = asdict(replace(target, layer_types=["sliding"] * len(inputs)))
     errors = []
     for i, (layer, h, y) in enumerate(zip(teacher.model.layers, inputs, outputs)):

@@ -12,9 +12,9 @@ def student_values(cfg, target, context: int) -> int:
         return context * cfg.num_hidden_layers * (target.kv_lora_rank + target.qk_rope_head_dim)
     assert isinstance(target, GateSWAConfig)
     per_token = 2 * cfg.num_key_value_heads * cfg.head_dim
-    sliding = cfg.num_hidden_layers - target.num_full(cfg.num_hidden_layers)
+    full = target.num_full()
     ring = min(context, target.sink_tokens + target.window)
-    return per_token * ((cfg.num_hidden_layers - sliding) * context + sliding * ring)
+    return per_token * (full * context + (cfg.num_hidden_layers - full) * ring)
 
 
 def kv_report(cfg, target, contexts, dtype_bytes: int) -> dict:

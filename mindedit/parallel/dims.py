@@ -87,9 +87,7 @@ class ParallelDims:
         return [self.rank(c["dp"], c["tp"], p) for p in range(self.pp)]
 
     def ep_group(self, rank: int) -> list:
-        c = self.coords(rank)
-        base = rank - rank % (self.dp * self.tp)  # first rank of this pipeline stage
-        start = base + ((rank - base) // self.ep) * self.ep
+        start = rank - self.coords(rank)["ep"]  # EP groups are runs of ep consecutive ranks inside a stage's block
         return list(range(start, start + self.ep))
 
     def stage_layers(self, num_layers: int, stage: int) -> range:
