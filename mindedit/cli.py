@@ -59,18 +59,58 @@ def _job(args):
     from mindedit.config import JobConfigError, load_job_config
     from mindedit.job import Job
     try:
-        return Job(load_job_config(args.config), args.run_dir)
+        return Job(load_job_config(args.config, args.set), args.run_dir)
     except (JobConfigError, OSError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
 
 
 def cmd_run(args):
     from mindedit.eval.report import headline
+    from cluster.msrun import LaunchError
     job = _job(args)
-    report = job.run()
+    if args.dry_run:
+        try:
+            print(job.dry_run())
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
+        return
+    try:
+        report = job.run()
+    except LaunchError as e:
+        raise SystemExit(f"error: {e}") from None
     print(f"\n{job.cfg.name}: {headline(report)}")
     print(f"report: {job.run_dir / 'report.md'}   model: {job.run_dir / 'export'}")
     print(f"dashboard: bash scripts/dashboard.sh {job.run_dir}")
+
+
+def cmd_plan(args):
+    from mindedit.config import JobConfigError, load_job_config
+    from mindedit.parallel.plan import estimate, format_plan, parse_bytes
+    try:
+        job = load_job_config(args.config, args.set)
+        plan = estimate(job, parse_bytes(args.device_memory))
+    except (JobConfigError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    print(format_plan(job, plan))
+    print(json.dumps(plan))
+    bad = [(name, s) for name, s in plan["stages"].items() if not s["fits"]]
+    if bad:
+        name, s = bad[0]
+        raise SystemExit(f"error: {job.name}: {name} needs {s['total'] / 2 ** 30:.1f} GiB per device with "
+                         f"{plan['layout']}, more than --device-memory {args.device_memory}; the largest term is "
+                         f"{s['largest']} ({s['terms'][s['largest']] / 2 ** 30:.1f} GiB)")
+
+
+def cmd_train(args):
+    from cluster.msrun import LaunchError
+    try:
+        _job(args).train_only()
+    except LaunchError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def cmd_worker(args):
+    _job(args).train_worker()
 
 
 def cmd_prepare_data(args):
@@ -131,16 +171,44 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--context", type=int, nargs="+", help="context lengths in tokens (default: eval.contexts)")
     sp.set_defaults(func=cmd_kv_report)
 
+    sp = sub.add_parser("plan", help="per-device memory of each training stage under the parallel layout",
+                        description="Estimates, from shapes alone, the memory one device needs in stage 1 and stage "
+                                    "2 (teacher/backbone and student parameters, gradients, optimizer state, "
+                                    "activations of one micro-batch) for the config's parallel: layout; prints a "
+                                    "table and a JSON line, and exits non-zero naming the largest term when a stage "
+                                    "does not fit --device-memory.")
+    sp.add_argument("--config", required=True, help="job YAML (configs/*.yaml)")
+    sp.add_argument("--device-memory", default="64GiB", help="memory of one device (default 64GiB: Ascend 910B)")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key, e.g. --set parallel.tp=4 (repeatable)")
+    sp.set_defaults(func=cmd_plan)
+
     def job_args(sp):
         sp.add_argument("--config", required=True, help="job YAML (configs/*.yaml)")
         sp.add_argument("--run-dir", help="run directory (default runs/<name>)")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set parallel.tp=2 --set stage1.steps=5 (repeatable)")
 
     sp = sub.add_parser("run", help="the whole conversion job: data, stage 1, stage 2, eval, report, export",
                         description="Runs a job config end to end into runs/<name>/ (metrics.jsonl, summary/ for "
                                     "MindInsight, checkpoints/, report.json, report.md, plots/, export/). Rerunning "
                                     "the same command resumes from the newest valid checkpoint.")
     job_args(sp)
+    sp.add_argument("--dry-run", action="store_true",
+                    help="print per node the exact command, environment and log directory, write the rank table, "
+                         "print the memory plan; start nothing")
     sp.set_defaults(func=cmd_run)
+    sp = sub.add_parser("train", help="data and both training stages only (no evaluation, report or export)",
+                        description="Like run, but stops after stage 2's final checkpoint (sharded through msrun "
+                                    "when the parallel: section asks for more than one rank).")
+    job_args(sp)
+    sp.set_defaults(func=cmd_train)
+    sp = sub.add_parser("worker", help="one rank of a sharded job (started by msrun through `run`)",
+                        description="Builds teacher and student, shards them for this rank (parallel: section) and "
+                                    "trains both stages, writing full checkpoints from rank 0. `run` starts these "
+                                    "through msrun; there is no need to call it by hand.")
+    job_args(sp)
+    sp.set_defaults(func=cmd_worker)
     sp = sub.add_parser("prepare-data", help="tokenize the config's train/eval files into token shards",
                         description="Writes runs/<name>/data/{train,eval}.bin (uint32 tokens) and manifest.json "
                                     "(files, sha256, token counts, skipped files, tokenizer hash). Reruns with "

@@ -9,6 +9,10 @@ Every error names the file and the key. Sections so far:
     train: {seed, batch_size, grad_accum, checkpoint_every, stage1: {...}, stage2: {...}}   (a stage may set its
            own seq_len: stage 2 of a GateSWA job wants contexts well beyond the window)
     eval: {contexts: [...], seq_len, max_windows, decode_tokens}
+    parallel: {dp, tp, pp, ep, micro_batches, schedule}   (mindedit.parallel; world size = dp * tp * pp)
+    cluster: {launcher, master, nodes, ssh, env, cluster_time_out}   (cluster/config.py; default: this machine)
+Any key can be overridden from the command line (``--set parallel.tp=2``, ``--set train.stage1.steps=5``; the
+``train.`` of a stage may be left out: ``--set stage1.steps=5``); values are parsed as YAML scalars.
 The keys of data, train and eval, their types and defaults are in SCHEMAS below.
 """
 from dataclasses import dataclass, field
@@ -20,8 +24,8 @@ import yaml
 from mindedit.edit.config import TargetError, target_from_dict
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-ASSETS = {"smollm2-135m": "smollm2_gguf", "tiny-qwen3": "tiny_qwen3"}
-SECTIONS = {"name", "model", "target", "kv_dtype", "data", "train", "eval"}
+ASSETS = {"smollm2-135m": "smollm2_gguf", "tiny-qwen3": "tiny_qwen3", "tiny-qwen3-moe": "tiny_qwen3_moe"}
+SECTIONS = {"name", "model", "target", "kv_dtype", "data", "train", "eval", "parallel", "cluster"}
 
 # key: (type, default); a default of REQUIRED must be given. Numbers must be >= 0 unless noted in _check.
 REQUIRED = object()
@@ -37,10 +41,13 @@ SCHEMAS = {
                          feature_layers=(list, []), ce_weight=(float, 0.0), trainable=(str, "attention")),
     "eval": {"contexts": (list, [4096, 32768]), "seq_len": (int, 1024), "max_windows": (int, 8),
              "decode_tokens": (int, 32)},
+    "parallel": {"dp": (int, 1), "tp": (int, 1), "pp": (int, 1), "ep": (int, 1), "micro_batches": (int, 1),
+                 "schedule": (str, "gpipe")},
 }
 CHOICES = {"schedule": ("cosine", "linear", "constant"),
            "train.stage2.kl": ("forward", "reverse", "both"),
-           "train.stage2.trainable": ("attention", "attention+norms", "all")}
+           "train.stage2.trainable": ("attention", "attention+norms", "all"),
+           "parallel.schedule": ("gpipe",)}  # 1F1B needs paired send/recv, which the CPU backend lacks: not built
 
 
 def section(raw, name: str, where: str) -> dict:
@@ -91,6 +98,16 @@ class JobConfig:
     data: Optional[dict] = None
     train: dict = field(default_factory=lambda: section({}, "train", "defaults"))
     eval: dict = field(default_factory=lambda: section({}, "eval", "defaults"))
+    parallel: dict = field(default_factory=lambda: section({}, "parallel", "defaults"))
+    raw: dict = field(default_factory=dict)  # the YAML document after --set overrides (saved in the run directory)
+    overrides: list = field(default_factory=list)  # the --set items (passed on to the workers of a sharded run)
+    cluster: object = None  # cluster.config.Cluster: where the ranks run
+
+    @property
+    def dims(self):
+        from mindedit.parallel import ParallelDims
+        p = self.parallel
+        return ParallelDims(p["dp"], p["tp"], p["pp"], p["ep"])
 
     @property
     def kv_dtype_bytes(self) -> int:
@@ -117,7 +134,38 @@ class JobConfig:
         return load_config(self.resolve_model_path())
 
 
-def load_job_config(path) -> JobConfig:
+def apply_overrides(raw: dict, overrides, where: str) -> dict:
+    """``key.path=value`` strings set into the YAML document (a copy); values are YAML scalars or flow
+    collections (``--set parallel.tp=2``, ``--set data.train=[a.txt]``)."""
+    import copy
+    raw = copy.deepcopy(raw)
+    for item in overrides or ():
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise JobConfigError(f"{where}: --set {item!r}: expected KEY.PATH=VALUE")
+        if parts[0] in ("stage1", "stage2"):
+            parts = ["train"] + parts
+        if parts[0] not in SECTIONS:
+            raise JobConfigError(f"{where}: --set {item!r}: unknown section {parts[0]!r}; expected one of "
+                                 f"{sorted(SECTIONS)}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise JobConfigError(f"{where}: --set {item!r}: the value is not valid YAML ({e})") from None
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise JobConfigError(f"{where}: --set {item!r}: {'.'.join(parts[:i + 1])} is not a mapping")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def load_job_config(path, overrides=()) -> JobConfig:
     path = Path(path)
     if not path.is_file():
         raise JobConfigError(f"{path}: no such config file")
@@ -127,6 +175,7 @@ def load_job_config(path) -> JobConfig:
         raise JobConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise JobConfigError(f"{path}: expected a mapping at the top level")
+    raw = apply_overrides(raw, overrides, str(path))
     unknown = sorted(set(raw) - SECTIONS)
     if unknown:
         raise JobConfigError(f"{path}: unknown section {unknown[0]!r}; expected some of {sorted(SECTIONS)}")
@@ -177,14 +226,37 @@ def load_job_config(path) -> JobConfig:
     if bad:
         raise JobConfigError(f"{path}: train.stage2.feature_layers: {bad[0]!r} is not a layer index 0..{layers - 1}")
     cfg.train = train
+    cfg.parallel = section(raw.get("parallel"), "parallel", src)
+    for key in ("dp", "tp", "pp", "ep", "micro_batches"):
+        if cfg.parallel[key] < 1:
+            raise JobConfigError(f"{path}: parallel.{key}={cfg.parallel[key]}: expected at least 1")
+    from mindedit.parallel import ParallelError
+    try:
+        cfg.dims.validate(cfg.model_shapes(), where=f"{path}: parallel")
+    except ParallelError as e:
+        raise JobConfigError(str(e)) from None
+    dp = cfg.parallel["dp"]
+    if train["batch_size"] % dp:
+        raise JobConfigError(f"{path}: train.batch_size={train['batch_size']}: the global batch must divide evenly "
+                             f"over parallel.dp={dp} data-parallel ranks")
+    if cfg.parallel["ep"] > 1 and any(train["batch_size"] // dp * train[s]["seq_len"] % cfg.parallel["tp"]
+                                      for s in ("stage1", "stage2")):
+        raise JobConfigError(f"{path}: parallel.ep={cfg.parallel['ep']}: the tokens of a rank's batch "
+                             f"(batch_size / dp x seq_len) must divide over parallel.tp={cfg.parallel['tp']}")
+    from cluster.config import ClusterError, parse_cluster
+    try:
+        cfg.cluster = parse_cluster(raw.get("cluster"), cfg.dims.world, str(path))
+    except ClusterError as e:
+        raise JobConfigError(str(e)) from None
+    cfg.raw, cfg.overrides = raw, list(overrides or ())
     return cfg
 
 
-def stage_steps(cfg: JobConfig, stage: str, dp_size: int = 1) -> int:
-    """A stage's optimizer steps: its ``steps``, or its ``tokens`` budget over tokens per global step (rounded
-    up)."""
+def stage_steps(cfg: JobConfig, stage: str) -> int:
+    """A stage's optimizer steps: its ``steps``, or its ``tokens`` budget over tokens per step (the global batch
+    times grad_accum times seq_len; rounded up)."""
     spec, t = cfg.train[stage], cfg.train
     if spec["steps"]:
         return spec["steps"]
-    per_step = t["batch_size"] * t["grad_accum"] * dp_size * spec["seq_len"]
+    per_step = t["batch_size"] * t["grad_accum"] * spec["seq_len"]
     return -(-spec["tokens"] // per_step)

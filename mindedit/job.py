@@ -4,11 +4,17 @@
     -> stage 1 (layer-wise) -> stage 2 (model-level) -> evaluate -> report -> export
 
 Everything lands in ``runs/<name>/`` (config.yaml, data/, metrics.jsonl, summary/, checkpoints/, eval_init.json,
-report.json, report.md, plots/, export/). Rerunning the same command resumes: data and the initial evaluation are
-reused, training continues from the newest valid checkpoint, finished stages are skipped.
+report.json, report.md, plots/, export/, logs/ of a sharded run). Rerunning the same command resumes: data and
+the initial evaluation are reused, training continues from the newest valid checkpoint, finished stages are
+skipped.
+
+A sharded job (``parallel:`` with dp * tp * pp > 1) trains in worker processes started through msrun
+(cluster/msrun.py), each running ``train_worker``; their checkpoints hold full tensors, so this process then
+continues as in a one-process run: it finds both stages finished, evaluates, reports and exports.
 """
 import gc
 import json
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -67,6 +73,9 @@ class Job:
         self.student = edit_model(self.teacher, cfg.target, calibration, seed=cfg.train["seed"])
         untie(self.student, self.teacher, cfg.train["stage2"]["trainable"])
         self.weights = own_parameters(self.student, self.teacher)
+        # the whole model's view, kept when a sharded run replaces these with its pieces
+        self.shapes = {n: tuple(p.shape) for n, p in self.weights.items()}
+        self.trainable = [n for n, p in self.weights.items() if p.requires_grad]
 
     def evaluate(self, tag: str, reuse: bool = True) -> dict:
         """Teacher vs student on the held-out windows at the eval context, saved as eval_<tag>.json (and read
@@ -105,51 +114,151 @@ class Job:
         out["decode_prompt_tokens"] = len(prompt)
         return out
 
-    def batches(self, spec: dict):
+    def batches(self, spec: dict, layout):
         from mindedit.data.shards import Batches
         t = self.cfg.train
-        return Batches(self.run_dir / "data", spec["seq_len"], t["batch_size"], t["seed"])
+        return Batches(self.run_dir / "data", spec["seq_len"], t["batch_size"], t["seed"], layout.coords["dp"],
+                       layout.dims.dp)
 
-    def train(self):
+    def train(self, layout=None):
+        """Both stages, resuming from the newest checkpoint; ``layout``: this rank's part of a sharded run."""
         from mindedit.distill.stage1 import Stage1Loss
         from mindedit.distill.stage2 import Stage2Loss
         from mindedit.distill.trainer import Stage, Trainer
         from mindedit.io import checkpoint
-        from mindedit.utils.metrics import Metrics
+        from mindedit.parallel.parallelize import Layout
+        from mindedit.utils.metrics import Metrics, NullMetrics
         cfg, t = self.cfg, self.cfg.train
-        resume = checkpoint.latest(self.run_dir / "checkpoints", warn=log)
-        metrics = Metrics(self.run_dir, keep_until=resume[1]["global_step"] if resume else 0)
-        trainer = Trainer(self.run_dir, self.weights, t["grad_accum"], t["checkpoint_every"], metrics, t["seed"], log,
-                          self.progress)
+        layout = layout or Layout.single()
+        lead = layout.rank == 0
+        resume = checkpoint.latest(self.run_dir / "checkpoints", warn=log if lead else lambda _: None)
+        metrics = Metrics(self.run_dir, keep_until=resume[1]["global_step"] if resume else 0) if lead \
+            else NullMetrics()
+        trainer = Trainer(self.run_dir, self.weights, t["grad_accum"], t["checkpoint_every"], metrics, t["seed"],
+                          log if lead else lambda _: None, self.progress and lead, layout, self.shapes)
         if resume:
-            checkpoint.load(resume[0], self.weights, {})
+            checkpoint.load(resume[0], self.weights, {}, layout.take(self.weights))
             trainer.restore(resume[1])
-            log(f"resuming from {resume[0]} ({resume[1]['stage']} step {resume[1]['step']})")
+            if lead:
+                log(f"resuming from {resume[0]} ({resume[1]['stage']} step {resume[1]['step']})")
         s1, s2 = t["stage1"], t["stage2"]
-        attention = [p for n, p in self.weights.items() if "self_attn" in n and p.requires_grad]
-        stage1 = Stage("stage1", Stage1Loss(self.teacher, self.student),
-                       [f"layer_{i:02d}" for i in range(len(self.student.model.layers))], attention, s1,
-                       stage_steps(cfg, "stage1"), self.batches(s1))
+        layers = len(self.student.model.layers)
+        loss1 = Stage1Loss(self.teacher, self.student)
+        loss2 = Stage2Loss(self.teacher, self.student, s2["kl"], s2["temperature"], s2["feature_layers"],
+                           s2["feature_weight"], s2["ce_weight"], layout.vocab)
+        if layout.dims.pp > 1:
+            from mindedit.parallel.pipeline import PipelineStage1Loss, PipelineStage2
+            loss1 = PipelineStage1Loss(self.teacher, self.student, layout.layers, layers, layout.prev, layout.next,
+                                       layout.pp)
+            loss2 = PipelineStage2(loss2, layout.layers, layout.prev, layout.next, layout.pp,
+                                   cfg.parallel["micro_batches"], self.teacher.config.hidden_size)
+        stage1 = Stage("stage1", loss1, [f"layer_{i:02d}" for i in range(layers)],
+                       [n for n in self.trainable if "self_attn" in n], s1, stage_steps(cfg, "stage1"),
+                       self.batches(s1, layout))
         trainer.run(stage1, resume)
         free_graph_memory()
-        stage2 = Stage("stage2", Stage2Loss(self.teacher, self.student, s2["kl"], s2["temperature"],
-                                            s2["feature_layers"], s2["feature_weight"], s2["ce_weight"]),
-                       ["kl", "feature", "ce"], [p for p in self.weights.values() if p.requires_grad], s2,
-                       stage_steps(cfg, "stage2"), self.batches(s2))
+        stage2 = Stage("stage2", loss2, ["kl", "feature", "ce"], self.trainable, s2, stage_steps(cfg, "stage2"),
+                       self.batches(s2, layout))
         trainer.run(stage2, resume)
         metrics.close()
         free_graph_memory()
         return trainer.tokens
 
+    def train_worker(self):
+        """One rank of a sharded run (started by msrun): build, shard, train; checkpoints are the output."""
+        from mindedit.edit.surgery import own_parameters
+        from mindedit.parallel.comm import init_distributed
+        from mindedit.parallel.parallelize import parallelize
+        rank, world = init_distributed()
+        logs = self.run_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        (logs / f"rank_{rank}.pid").write_text(f"{os.getpid()}\n")  # which process is which rank (liveness, tests)
+        self.prepare_data()  # prepared by the launcher: only checks the manifest
+        self.build_models()
+        layout = parallelize([self.teacher, self.student], self.cfg.dims, rank, world)
+        self.weights = own_parameters(self.student, self.teacher)
+        self.train(layout)
+        self.write_rank_summary(layout)
+
+    def write_rank_summary(self, layout):
+        """logs/rank_<r>.json: this rank's coordinates, parameter bytes (shared backbone, student's own), peak RSS."""
+        import resource
+
+        def nbytes(params):
+            return int(sum(p.nbytes for p in params))
+        teacher = {id(p): p for p in self.teacher.get_parameters()}
+        own = {id(p): p for p in self.weights.values()}
+        atomic_write_json(self.run_dir / "logs" / f"rank_{layout.rank}.json", {
+            "rank": layout.rank, **layout.coords,
+            "layers": list(layout.layers if layout.layers is not None else range(len(self.student.model.layers))),
+            "teacher_param_bytes": nbytes(teacher.values()), "student_own_param_bytes": nbytes(own.values()),
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "seconds": time.time() - self.started})
+
+    def train_only(self):
+        """Data and both training stages (through msrun when sharded); no evaluation, report or export."""
+        self.prepare_data()
+        if self.cfg.dims.world > 1:
+            self.launch_workers()
+            return
+        self.build_models()
+        from mindedit.parallel.parallelize import Layout
+        self.train()
+        self.write_rank_summary(Layout.single())
+
+    def worker_args(self) -> list:
+        cfg = self.cfg
+        args = ["--config", str(Path(cfg.source).resolve()), "--run-dir", str(self.run_dir.resolve())]
+        for item in cfg.overrides:
+            args += ["--set", item]
+        return args
+
+    def launch_plan(self) -> list:
+        """Per node, what will run (cluster/launch.py); writes runs/<name>/rank_table.json when the device IPs are
+        known or the rank-table launcher needs them."""
+        from cluster.launch import plan_nodes, read_remote_file
+        from cluster.ranktable import collect_device_ips, rank_table
+        cluster, table = self.cfg.cluster, None
+        if cluster.launcher == "rank_table":
+            collect_device_ips(cluster, lambda node: read_remote_file(cluster, node))
+        if all(n.device_ips is not None for n in cluster.nodes) and not cluster.local:
+            table = self.run_dir / "rank_table.json"
+            atomic_write_json(table, rank_table(cluster))
+        return plan_nodes(cluster, self.worker_args(), self.run_dir, table)
+
+    def launch_workers(self):
+        from cluster.launch import run_nodes
+        run_nodes(self.launch_plan(), self.run_dir, log=log)
+
+    def dry_run(self) -> str:
+        """What ``run`` would start, per node, plus the memory plan; starts nothing."""
+        from cluster.launch import describe
+        from mindedit.parallel.plan import estimate, format_plan
+        cfg = self.cfg
+        lines = [f"job {cfg.name}: {cfg.dims.world} ranks on {len(cfg.cluster.nodes)} node(s), launcher "
+                 f"{cfg.cluster.launcher}, master {cfg.cluster.master_host}:{cfg.cluster.master_port or '(free port)'}",
+                 describe(self.launch_plan())]
+        table = self.run_dir / "rank_table.json"
+        lines.append(f"rank table: {table}" if table.is_file() else "rank table: not written (no device IPs: the "
+                     "msrun launcher does not need one)")
+        lines.append(format_plan(cfg, estimate(cfg, 64 * 2 ** 30)))
+        return "\n".join(lines)
+
     # -- the whole job ------------------------------------------------------------------------------------------
     def run(self) -> dict:
+        import yaml
         from mindedit.eval.kv import kv_report
         from mindedit.eval.report import write_report
         from mindedit.io.export import save_pretrained
         cfg = self.cfg
-        atomic_write_text(self.run_dir / "config.yaml", Path(cfg.source).read_text())
+        atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(cfg.raw, sort_keys=False))
         log(f"job {cfg.name}: {cfg.target.kind} student, run directory {self.run_dir}")
         self.prepare_data()
+        if cfg.dims.world > 1:
+            d = cfg.dims
+            log(f"parallel: dp={d.dp} tp={d.tp} pp={d.pp} ep={d.ep}: {d.world} ranks train, this process "
+                f"evaluates and exports")
+            self.launch_workers()
         self.build_models()
         init = self.evaluate("init")
         tokens = self.train()
@@ -177,6 +286,6 @@ class Job:
         return report
 
 
-def run_job(config_path, run_dir=None, progress: bool = True) -> dict:
+def run_job(config_path, run_dir=None, progress: bool = True, overrides=()) -> dict:
     from mindedit.config import load_job_config
-    return Job(load_job_config(config_path), run_dir, progress).run()
+    return Job(load_job_config(config_path, overrides), run_dir, progress).run()

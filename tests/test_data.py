@@ -69,16 +69,20 @@ def test_bad_files_are_counted_or_refused(tokenizer, corpus, tmp_path):
 def test_batches_shard_by_rank_and_resume_by_position(tokenizer, corpus, tmp_path):
     prepare(spec(corpus, seq_len=8), tokenizer, 0, tmp_path, print)
     tokens = np.fromfile(tmp_path / "train.bin", np.uint32)
-    ranks = [Batches(tmp_path, 8, 2, seed=7, dp_rank=r, dp_size=2) for r in range(2)]
+    ranks = [Batches(tmp_path, 8, 4, seed=7, dp_rank=r, dp_size=2) for r in range(2)]
+    single = Batches(tmp_path, 8, 4, seed=7)
     per_epoch = ranks[0].per_epoch
     seen = []
     for pos in range(per_epoch):
         a, b = ranks[0].get(pos), ranks[1].get(pos)
         assert a.shape == (2, 8) and a.dtype == np.int32
+        np.testing.assert_array_equal(np.concatenate([a, b]), single.get(pos))  # dp splits the global batch
         seen += [tuple(r) for r in np.concatenate([a, b])]
     windows = {tuple(tokens[i * 8:(i + 1) * 8].astype(np.int32)) for i in range(len(tokens) // 8)}
     assert len(set(seen)) == len(seen) and set(seen) <= windows  # disjoint across ranks, each once per epoch
-    fresh = Batches(tmp_path, 8, 2, seed=7, dp_rank=1, dp_size=2)  # a resumed reader: same batch at a position
+    fresh = Batches(tmp_path, 8, 4, seed=7, dp_rank=1, dp_size=2)  # a resumed reader: same batch at a position
     np.testing.assert_array_equal(fresh.get(per_epoch + 3), ranks[1].get(per_epoch + 3))
     assert not np.array_equal(ranks[0].get(0), ranks[0].get(per_epoch))  # a new order each epoch
     assert not np.array_equal(Batches(tmp_path, 8, 2, seed=8).get(0), Batches(tmp_path, 8, 2, seed=7).get(0))
+    with pytest.raises(DataError, match="batch_size=3 cannot be split evenly over 2"):
+        Batches(tmp_path, 8, 3, seed=7, dp_rank=0, dp_size=2)

@@ -92,6 +92,12 @@ def test_bad_job_config_is_named(tmp_path):
     ({"eval": {"seq_len": True}}, r"eval\.seq_len=True: expected int"),
     ({"data": {"train": ["a.txt"], "eval": ["b.txt"]}, "train": {"stage2": {"seq_len": 1}}},
      r"train\.stage2\.seq_len=1: expected at least 2"),
+    ({"parallel": {"tp": 3}}, r"parallel\.tp=3: does not divide num_attention_heads=32"),
+    ({"parallel": {"dp": 3}}, r"train\.batch_size=2: the global batch must divide evenly over parallel\.dp=3"),
+    ({"parallel": {"ep": 2}}, r"parallel\.ep=2: the model has no experts"),
+    ({"parallel": {"pp": 99}}, r"parallel\.pp=99: more pipeline stages than num_hidden_layers=36"),
+    ({"parallel": {"schedule": "1f1b"}}, r"parallel\.schedule='1f1b': expected one of \('gpipe',\)"),
+    ({"parallel": {"tpp": 2}}, r"parallel\.tpp: unknown key"),
 ])
 def test_bad_training_sections_are_named(tmp_path, change, message):
     import yaml
@@ -109,3 +115,17 @@ def test_shipped_job_configs_load_with_their_budgets():
                         ("tiny_gateswa", (8, 6))):
         cfg = load_job_config(CONFIGS / f"{name}.yaml")
         assert (stage_steps(cfg, "stage1"), stage_steps(cfg, "stage2")) == steps, name
+
+
+def test_set_overrides_any_key_and_names_bad_ones():
+    from mindedit.config import stage_steps
+    cfg = load_job_config(CONFIGS / "tiny_gateswa.yaml", ["stage1.steps=5", "parallel.tp=2", "train.seed=7",
+                                                           "eval.contexts=[64, 128]"])
+    assert stage_steps(cfg, "stage1") == 5 and cfg.parallel["tp"] == 2 and cfg.train["seed"] == 7
+    assert cfg.contexts == [64, 128] and cfg.raw["train"]["stage1"]["steps"] == 5
+    assert cfg.overrides == ["stage1.steps=5", "parallel.tp=2", "train.seed=7", "eval.contexts=[64, 128]"]
+    for item, message in (("parallel.tp", "expected KEY.PATH=VALUE"), ("fast.lr=1", "unknown section 'fast'"),
+                          ("name.x=1", "name is not a mapping"), ("parallel.tp=[1", "the value is not valid YAML"),
+                          ("parallel.tp=3", r"parallel\.tp=3: does not divide num_attention_heads=4")):
+        with pytest.raises(JobConfigError, match=message):
+            load_job_config(CONFIGS / "tiny_gateswa.yaml", [item])

@@ -1,12 +1,13 @@
 """ParallelDims: layouts checked against real model shapes with the field named, and rank groups that partition
-the world the way the layout promises (pure Python: no processes)."""
+the world the way the layout promises, and the `plan` memory estimate (pure Python: no MindSpore compute)."""
 import pytest
 
 from mindedit.config import load_job_config
 from mindedit.parallel import ParallelDims, ParallelError
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +59,31 @@ def test_stage_layers_are_contiguous_and_cover_the_model():
     stages = [dims.stage_layers(30, s) for s in range(4)]
     assert [len(s) for s in stages] == [8, 8, 7, 7]
     assert [i for s in stages for i in s] == list(range(30))
+
+
+@pytest.mark.parametrize("name", ["qwen3_8b_mla", "qwen3_8b_gateswa", "qwen3_30b_a3b_mla", "qwen3_30b_a3b_gateswa"])
+def test_plan_fits_the_shipped_qwen3_layouts_on_910b(name):
+    from mindedit.parallel.plan import estimate, parse_bytes
+    job = load_job_config(CONFIGS / f"{name}.yaml")
+    assert job.dims.world in (8, 16, 24, 32)  # 1-4 servers of 8 devices
+    plan = estimate(job, parse_bytes("64GiB"))
+    for stage, s in plan["stages"].items():
+        assert s["fits"], (name, stage, s)
+        assert 5 * 2 ** 30 < s["total"] < 64 * 2 ** 30
+        # the parts add up and nothing is negative
+        assert all(v >= 0 for v in s["terms"].values()) and s["total"] >= sum(s["terms"].values())
+
+
+def test_plan_refuses_an_impossible_layout_naming_the_largest_term():
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "mindedit", "plan", "--config", "configs/qwen3_30b_a3b_mla.yaml",
+                           "--set", "parallel.pp=1"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "stage2 needs" in proc.stderr and "the largest term is activations" in proc.stderr
+    # more devices of the same kind make it fit; a smaller device does not
+    from mindedit.parallel.plan import estimate, parse_bytes
+    job = load_job_config(CONFIGS / "qwen3_8b_mla.yaml")
+    assert not estimate(job, parse_bytes("16GiB"))["stages"]["stage2"]["fits"]
+    with pytest.raises(ValueError, match="--device-memory '64 parsecs'"):
+        parse_bytes("64 parsecs")

@@ -34,20 +34,33 @@ TINY_QWEN3 = {"model_type": "qwen3", "vocab_size": 49152, "hidden_size": 64, "in
               "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2}
 
 
+TINY_QWEN3_MOE = dict(TINY_QWEN3, model_type="qwen3_moe", num_experts=4, num_experts_per_tok=2,
+                      moe_intermediate_size=32, norm_topk_prob=True, mlp_only_layers=[0], tie_word_embeddings=False)
+
+
 def tiny_qwen3() -> Path:
     """A 2-layer Qwen3 with seeded random weights (normal(0, 0.02), unit norms) and SmolLM2's tokenizer, written
-    once as an HF directory under the cache: the model of the seconds-long CI job (configs/tiny_gateswa.yaml)."""
-    out = cache_dir() / "tiny-qwen3"
+    once as an HF directory under the cache: the model of the seconds-long CI jobs (configs/tiny_gateswa.yaml)."""
+    return _tiny("tiny-qwen3", TINY_QWEN3)
+
+
+def tiny_qwen3_moe() -> Path:
+    """The same with a sparse MoE block (4 experts, top 2) in layer 1 and an untied LM head (configs/ci/)."""
+    return _tiny("tiny-qwen3-moe", TINY_QWEN3_MOE)
+
+
+def _tiny(name: str, config: dict) -> Path:
+    out = cache_dir() / name
     if (out / "model.safetensors").is_file():
         return out
     import numpy as np
     from mindedit.data.tokenizer import load_tokenizer
     from mindedit.io.export import save_pretrained
     from mindedit.models import CausalLM, ModelConfig
-    model = CausalLM(ModelConfig.from_hf_dict(TINY_QWEN3, source="tiny-qwen3"))
+    model = CausalLM(ModelConfig.from_hf_dict(config, source=name))
     rng = np.random.default_rng(0)
-    for name, p in model.parameters_and_names():
+    for name_, p in model.parameters_and_names():
         shape = tuple(p.shape)
-        value = np.ones(shape) if name.endswith("norm.weight") else rng.normal(0.0, 0.02, shape)
+        value = np.ones(shape) if name_.endswith("norm.weight") else rng.normal(0.0, 0.02, shape)
         p.set_data(type(p.value())(value.astype(np.float32)))
     return save_pretrained(model, out, load_tokenizer(smollm2_gguf()))

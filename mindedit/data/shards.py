@@ -117,22 +117,25 @@ def load_tokens(out_dir, split: str) -> np.ndarray:
 
 
 class Batches:
-    """Train batches [batch, seq_len] int32 for one data-parallel rank.
+    """Train batches for one data-parallel rank: rows dp_rank * B / dp .. of the global batch (B = ``batch``), so
+    the dp ranks together see exactly the batch a single process sees at the same position.
 
-    Global batch g of epoch e = g // per_epoch uses windows perm_e[k*B*dp + r*B : ... + B] for rank r, where
-    perm_e is a permutation seeded by (seed, e). Every rank sees different windows; together they see each
-    window once per epoch (the tail that does not fill a global batch is dropped that epoch)."""
+    Global batch k of epoch e = position // per_epoch uses windows perm_e[k*B : (k+1)*B], where perm_e is a
+    permutation seeded by (seed, e): each window once per epoch (the tail that does not fill a batch is dropped
+    that epoch)."""
 
     def __init__(self, out_dir, seq_len: int, batch: int, seed: int, dp_rank: int = 0, dp_size: int = 1,
                  split: str = "train"):
+        if batch % dp_size:
+            raise DataError(f"batch_size={batch} cannot be split evenly over {dp_size} data-parallel ranks")
         self.tokens = load_tokens(out_dir, split)
         self.seq_len, self.batch, self.seed = seq_len, batch, seed
-        self.rank, self.size = dp_rank, dp_size
+        self.rank, self.rows = dp_rank, batch // dp_size
         self.windows = len(self.tokens) // seq_len
-        self.per_epoch = self.windows // (batch * dp_size)
+        self.per_epoch = self.windows // batch
         if self.per_epoch == 0:
-            raise DataError(f"{out_dir}: {self.windows} {split} windows of {seq_len} tokens cannot fill one global "
-                            f"batch of {batch} x {dp_size} ranks")
+            raise DataError(f"{out_dir}: {self.windows} {split} windows of {seq_len} tokens cannot fill one batch of "
+                            f"{batch}")
         self._perm_epoch, self._perm = -1, None
 
     def get(self, position: int) -> np.ndarray:
@@ -140,6 +143,6 @@ class Batches:
         if epoch != self._perm_epoch:
             self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.windows)
             self._perm_epoch = epoch
-        start = (k * self.size + self.rank) * self.batch
-        rows = [self.tokens[w * self.seq_len:(w + 1) * self.seq_len] for w in self._perm[start:start + self.batch]]
+        start = k * self.batch + self.rank * self.rows
+        rows = [self.tokens[w * self.seq_len:(w + 1) * self.seq_len] for w in self._perm[start:start + self.rows]]
         return np.stack(rows).astype(np.int32)

@@ -14,9 +14,15 @@ from mindspore import Parameter, ParameterTuple, mint, nn, ops
 
 
 class AdamW(nn.Cell):
-    def __init__(self, params, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, clip=1.0):
+    def __init__(self, params, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, clip=1.0, norm_weights=None,
+                 norm_reduce=None):
+        """norm_weights / norm_reduce (sharded runs, mindedit.parallel): each parameter's squared gradient norm
+        is weighted (1 / ranks holding the same piece) and summed over the world, so that the clipping norm is
+        the global one."""
         super().__init__(auto_prefix=False)
         self.params = ParameterTuple(params)
+        self.norm_weights = tuple(norm_weights or (1.0,) * len(self.params))
+        self.norm_reduce = norm_reduce
         self.b1, self.b2, self.eps, self.clip = betas[0], betas[1], eps, clip
         self.decay = tuple(weight_decay if p.ndim >= 2 else 0.0 for p in self.params)
         self.master_weights = any(p.dtype != ms.float32 for p in self.params)
@@ -49,7 +55,8 @@ class AdamW(nn.Cell):
 
     def _apply(self, lr, micro_batches):
         grads = tuple(a / micro_batches for a in self.acc)
-        norm = ops.sqrt(sum((g * g).sum() for g in grads))
+        sq = sum(w * (g * g).sum() for w, g in zip(self.norm_weights, grads))
+        norm = ops.sqrt(self.norm_reduce(sq) if self.norm_reduce is not None else sq)
         scale = mint.clamp(self.clip / (norm + 1e-6), max=1.0) if self.clip > 0 else ops.ones((), ms.float32)
         ops.assign_add(self.t, ops.ones((), ms.int32))
         t = self.t.astype(ms.float32)

@@ -27,8 +27,10 @@ class Stage1Loss(nn.Cell):
         losses = ()
         for layer, h, y in zip(self.student_body.layers, inputs, targets):
             h, y = ops.stop_gradient(h), ops.stop_gradient(y)
-            err = layer.self_attn(h).astype(ms.float32) - y.astype(ms.float32)
-            losses = losses + ((err * err).sum() / ((y * y).sum().astype(ms.float32) + 1e-12),)
+            y = y.astype(ms.float32)
+            err = layer.self_attn(h).astype(ms.float32) - y
+            # per sequence, then the batch mean: a data-parallel split of the batch averages to the same loss
+            losses = losses + (((err * err).sum((1, 2)) / ((y * y).sum((1, 2)) + 1e-12)).mean(),)
         per_layer = ops.stack(losses)
         return per_layer.sum(), per_layer
 

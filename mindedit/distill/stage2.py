@@ -5,17 +5,22 @@ frozen backbone, one copy in memory) runs on the same batch and supplies the tar
          + feature_weight * mean cosine distance between student and teacher hidden states at chosen layers
          + ce_weight * next-token cross-entropy of the student on the data
 Terms with zero weight are not built into the graph. The aux output is [kl, feature, ce].
+Every reduction over the vocabulary goes through ``vocab`` (mindedit.parallel.tensor.Vocab), so the same loss runs
+on logits split over tensor-parallel ranks without gathering them.
 """
 import mindspore as ms
 from mindspore import mint, nn, ops
+
+from mindedit.parallel.tensor import Vocab
 
 KL_KINDS = ("forward", "reverse", "both")
 
 
 class Stage2Loss(nn.Cell):
     def __init__(self, teacher, student, kl: str = "forward", temperature: float = 1.0, feature_layers=(),
-                 feature_weight: float = 0.0, ce_weight: float = 0.0):
+                 feature_weight: float = 0.0, ce_weight: float = 0.0, vocab: Vocab = None):
         super().__init__(auto_prefix=False)
+        self.vocab = vocab if vocab is not None else Vocab()
         if kl not in KL_KINDS:
             raise ValueError(f"kl={kl!r}: expected one of {KL_KINDS}")
         self.teacher, self.student = teacher, student
@@ -31,14 +36,15 @@ class Stage2Loss(nn.Cell):
         t_logits = ops.stop_gradient(self.teacher.logits(t_hidden))
         s_hidden, s_states = self.student.model.hidden_states(ids)
         s_logits = self.student.logits(s_hidden)
-        logp_t = mint.nn.functional.log_softmax(t_logits / self.tau, dim=-1)
-        logp_s = mint.nn.functional.log_softmax(s_logits / self.tau, dim=-1)
+        vocab = self.vocab
+        logp_t = vocab.log_softmax(t_logits / self.tau)
+        logp_s = vocab.log_softmax(s_logits / self.tau)
         if self.kl == "forward":
-            kl = (mint.exp(logp_t) * (logp_t - logp_s)).sum(-1).mean()
+            kl = vocab.sum(mint.exp(logp_t) * (logp_t - logp_s)).mean()
         elif self.kl == "reverse":
-            kl = (mint.exp(logp_s) * (logp_s - logp_t)).sum(-1).mean()
+            kl = vocab.sum(mint.exp(logp_s) * (logp_s - logp_t)).mean()
         else:
-            kl = 0.5 * (mint.exp(logp_t) - mint.exp(logp_s)).mul(logp_t - logp_s).sum(-1).mean()
+            kl = 0.5 * vocab.sum((mint.exp(logp_t) - mint.exp(logp_s)).mul(logp_t - logp_s)).mean()
         kl = kl * (self.tau * self.tau)
         zero = ops.zeros((), ms.float32)
         feature, ce = zero, zero
@@ -50,7 +56,6 @@ class Stage2Loss(nn.Cell):
                 feature = feature + (1.0 - cos).mean()
             feature = feature / len(self.feature_layers)
         if self.ce_weight > 0:
-            logp = mint.nn.functional.log_softmax(s_logits[:, :-1], dim=-1)
-            ce = -mint.gather(logp, -1, ids[:, 1:].unsqueeze(-1)).mean()
+            ce = -vocab.pick(vocab.log_softmax(s_logits[:, :-1]), ids[:, 1:]).mean()
         total = kl + self.feature_weight * feature + self.ce_weight * ce
         return total, ops.stack((kl, feature, ce))

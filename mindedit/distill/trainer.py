@@ -1,8 +1,12 @@
 """The training loop shared by both stages: compiled micro-steps with gradient accumulation, AdamW with the lr
 schedule, metrics, progress bar, and atomic checkpoints that make a rerun continue exactly where it stopped.
 
-A stage is (name, loss cell, names of its aux terms, trainable parameters, stage spec, steps, batches). The loss
-cell maps ids [B, T] -> (loss, aux vector); the loop does not know what the loss is.
+A stage is (name, loss cell, names of its aux terms, trainable parameter paths, stage spec, steps, batches). The
+loss cell maps ids [B, T] -> (loss, aux vector); the loop does not know what the loss is.
+
+Sharded runs (mindedit.parallel) pass their Layout: gradients are summed/averaged across ranks inside the compiled
+micro-step, the clipping norm is the global one, reported losses are the data-parallel mean, and checkpoints hold
+full tensors gathered from all ranks (written by rank 0), so they load under any layout.
 """
 import time
 from dataclasses import dataclass
@@ -12,18 +16,34 @@ import mindspore as ms
 
 from mindedit.io import checkpoint
 from mindedit.distill.optim import AdamW, lr_at
+from mindedit.parallel.comm import ReduceFromGroup
+from mindedit.parallel.parallelize import Layout
 from mindedit.utils.progress import Progress
 
 
 @dataclass
 class Stage:
     name: str              # "stage1" | "stage2"
-    loss: object           # nn.Cell: ids -> (loss, aux [len(aux_names)])
+    loss: object           # nn.Cell: ids -> (loss, aux [len(aux_names)]), or a pipeline schedule (.bind)
     aux_names: list
-    params: list           # trainable Parameters
+    trainable: list        # paths (model names) of the trainable parameters, over the whole model
     spec: dict             # the train.<stage> section: lr, warmup_steps, schedule, min_lr_ratio, clip, ...
     steps: int
     batches: object        # .get(position) -> ids [B, T] (mindedit.data.shards.Batches at the stage's seq_len)
+
+
+def compiled_micro_step(loss_cell, opt, reduce_grads, dp_sum, dp: float):
+    """ids -> (loss, aux) averaged over data-parallel ranks; the reduced gradients go into the optimizer's sum.
+    (Defined at module level: MindSpore 2.10 mis-parses a jitted function defined inside an if block.)"""
+    grad_fn = ms.value_and_grad(loss_cell, None, opt.params, has_aux=True)
+
+    @ms.jit
+    def micro_step(ids):
+        (loss, aux), grads = grad_fn(ids)
+        opt.accumulate(reduce_grads(grads))
+        return dp_sum(loss) / dp, dp_sum(aux) / dp
+
+    return micro_step
 
 
 class Trainer:
@@ -32,7 +52,11 @@ class Trainer:
     (path, state) to ``run`` for each stage: a finished stage is skipped, the interrupted one continues."""
 
     def __init__(self, run_dir, weights: dict, grad_accum: int, checkpoint_every: int, metrics, seed: int,
-                 log=print, show_progress: bool = True):
+                 log=print, show_progress: bool = True, layout: Layout = None, shapes: dict = None):
+        """weights: this rank's student Parameters by path; shapes: {path: full shape} of all of them (a sharded
+        run holds pieces of some); layout: the sharded run's Layout (None: one process)."""
+        self.layout = layout or Layout.single()
+        self.shapes = shapes or {n: tuple(p.shape) for n, p in weights.items()}
         self.run_dir, self.weights, self.grad_accum = run_dir, weights, grad_accum
         self.every, self.metrics, self.seed, self.log = checkpoint_every, metrics, seed, log
         self.show_progress = show_progress
@@ -54,25 +78,30 @@ class Trainer:
         if stage.name in self.done:
             self.log(f"{stage.name}: already finished (checkpoint), skipped")
             return
-        spec = stage.spec
-        opt = AdamW(stage.params, (spec["beta1"], spec["beta2"]), weight_decay=spec["weight_decay"],
-                    clip=spec["clip"])
+        spec, layout = stage.spec, self.layout
+        params = [self.weights[n] for n in stage.trainable if n in self.weights]
+        opt = AdamW(params, (spec["beta1"], spec["beta2"]), weight_decay=spec["weight_decay"], clip=spec["clip"],
+                    norm_weights=layout.norm_weights(params), norm_reduce=ReduceFromGroup(layout.world))
         opt_state = {p.name: p for p in opt.state()}
+        opt_io = self._optimizer_io(stage, opt_state)
         start = 0
         if resume is not None and resume[1]["stage"] == stage.name:  # weights and position: restored by the job
-            checkpoint.load(resume[0], {}, opt_state)
+            checkpoint.load(resume[0], {}, opt_state, layout.take(opt_state, opt_io[1]))
             start = resume[1]["step"]
             self.log(f"{stage.name}: resumed from {resume[0]} at step {start}/{stage.steps}")
         if stage.steps == 0 or start >= stage.steps:
-            self._finish(stage, opt_state, start)
+            self._finish(stage, opt_state, start, opt_io)
             return
-        grad_fn = ms.value_and_grad(stage.loss, None, opt.params, has_aux=True)
+        reduce_grads, dp_sum = layout.grad_reducer(params), ReduceFromGroup(layout.dp)
+        dp = float(layout.dp.size)
+        if hasattr(stage.loss, "bind"):  # a pipeline schedule drives its own forwards and backwards
+            pipe = stage.loss.bind(opt.params, reduce_grads, opt.accumulate)
 
-        @ms.jit
-        def micro_step(ids):
-            (loss, aux), grads = grad_fn(ids)
-            opt.accumulate(grads)
-            return loss, aux
+            def micro_step(ids):
+                loss, aux = pipe.micro_step(ids)
+                return dp_sum(loss) / dp, dp_sum(aux) / dp
+        else:
+            micro_step = compiled_micro_step(stage.loss, opt, reduce_grads, dp_sum, dp)
 
         tokens = self.grad_accum * stage.batches.batch * stage.batches.seq_len  # per optimizer step
         bar = Progress((stage.steps - start) * tokens, stage.name) \
@@ -101,16 +130,31 @@ class Trainer:
             if bar:
                 bar.update(tokens, f"step {step + 1}/{stage.steps} loss {row['loss']:.4g}")
             if (step + 1) % self.every == 0 and step + 1 < stage.steps:
-                self._checkpoint(stage.name, step + 1, opt_state)
+                self._checkpoint(stage.name, step + 1, opt_state, opt_io)
         if bar:
             bar.close()
-        self._finish(stage, opt_state, stage.steps)
+        self._finish(stage, opt_state, stage.steps, opt_io)
 
-    def _finish(self, stage: Stage, opt_state: dict, step: int):
+    def _optimizer_io(self, stage: Stage, opt_state: dict) -> tuple:
+        """({optimizer state name: full shape} over the whole model, {name: the Parameter whose Spec it follows})."""
+        prefixes = ("adam_m", "adam_v") + (("master",) if any(n.startswith("master.") for n in opt_state) else ())
+        shapes, follows = {"adam_step": ()}, {}
+        for n in stage.trainable:
+            for prefix in prefixes:
+                key = f"{prefix}.student.{n}"
+                shapes[key] = self.shapes[n]
+                if n in self.weights:
+                    follows[key] = self.weights[n]
+        return shapes, follows
+
+    def _finish(self, stage: Stage, opt_state: dict, step: int, opt_io: tuple):
         self.done.append(stage.name)
-        self._checkpoint(stage.name, step, opt_state)
+        self._checkpoint(stage.name, step, opt_state, opt_io)
 
-    def _checkpoint(self, stage: str, step: int, opt_state: dict):
-        checkpoint.save(f"{self.run_dir}/checkpoints", f"{stage}-{step:06d}", self.weights, opt_state,
-                        self._state(stage, step))
-        self.metrics.sync_summary()
+    def _checkpoint(self, stage: str, step: int, opt_state: dict, opt_io: tuple):
+        weights = self.layout.gather(self.weights, self.shapes)
+        optimizer = self.layout.gather(opt_state, *opt_io)
+        if self.layout.rank == 0:
+            checkpoint.save(f"{self.run_dir}/checkpoints", f"{stage}-{step:06d}", weights, optimizer,
+                            self._state(stage, step))
+            self.metrics.sync_summary()

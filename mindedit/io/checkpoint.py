@@ -21,24 +21,15 @@ from mindedit.utils.files import atomic_write_json, sha256_file
 FILES = ("weights.safetensors", "optimizer.safetensors")
 
 
-def _arrays(params: dict) -> dict:
-    """Floating tensors as float32 (numpy has no bf16), integers as they are."""
-    import mindspore as ms
-    out = {}
-    for name, p in params.items():
-        t = p.value()
-        out[name] = (t.astype(ms.float32) if t.dtype.is_floating_point else t).asnumpy().copy()  # keeps 0-d
-    return out
-
-
 def save(ckpt_dir, name: str, weights: dict, optimizer: dict, state: dict, keep: int = 2) -> Path:
-    """weights / optimizer: {name: Parameter}. Returns the checkpoint directory."""
+    """weights / optimizer: {name: numpy array} (full, unsharded tensors: mindedit.parallel.Layout.gather makes
+    them, so a checkpoint loads under any parallel layout). Returns the checkpoint directory."""
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=f".{name}."))
     try:
-        save_file(_arrays(weights), str(tmp / FILES[0]))
-        save_file(_arrays(optimizer), str(tmp / FILES[1]))
+        save_file({k: np.array(v, order="C") for k, v in weights.items()}, str(tmp / FILES[0]))  # (keeps 0-d)
+        save_file({k: np.array(v, order="C") for k, v in optimizer.items()}, str(tmp / FILES[1]))
         state = dict(state, sha256={f: sha256_file(tmp / f) for f in FILES})
         atomic_write_json(tmp / "state.json", state)
         final = ckpt_dir / name
@@ -82,8 +73,10 @@ def latest(ckpt_dir, warn=print):
     return None
 
 
-def load(path, weights: dict, optimizer: dict):
-    """Sets the given Parameters from a verified checkpoint; every name must be present with its shape."""
+def load(path, weights: dict, optimizer: dict, take=None):
+    """Sets the given Parameters from a verified checkpoint; every name must be present. ``take(name, full)``
+    (a sharded run: Layout.take) cuts this rank's piece out of each full tensor; the result must fit the
+    Parameter's shape."""
     import mindspore as ms
     for file, params in ((FILES[0], weights), (FILES[1], optimizer)):
         values = load_file(str(Path(path) / file))
@@ -92,7 +85,7 @@ def load(path, weights: dict, optimizer: dict):
             raise ValueError(f"{path}/{file}: no tensor {missing[0]!r} ({len(missing)} missing): the checkpoint is "
                              f"from a different job configuration")
         for name, p in params.items():
-            v = values[name]
+            v = take(name, values[name]) if take else values[name]
             if tuple(v.shape) != tuple(p.shape):
                 raise ValueError(f"{path}/{file}: {name} has shape {v.shape}, expected {tuple(p.shape)}")
             p.set_data(ms.Tensor(v).astype(p.dtype))

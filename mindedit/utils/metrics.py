@@ -52,6 +52,19 @@ class Metrics:
         self.sync_summary()
 
 
+class NullMetrics:
+    """What a rank other than 0 of a sharded run logs: nothing (rank 0 holds the same data-parallel means)."""
+
+    def log(self, row: dict):
+        pass
+
+    def sync_summary(self):
+        pass
+
+    def close(self):
+        pass
+
+
 def read(path) -> list:
     path = Path(path)
     if not path.is_file():

@@ -1,0 +1,186 @@
+"""Pipeline parallelism: contiguous layer stages, activations passed between neighbouring stages.
+
+Point to point: the CPU backend has no send/recv and its Broadcast refuses any group but the world, so a transfer
+from stage s to s + 1 is a SUM all-reduce inside the two-rank group {s, s + 1} where the receiver contributes
+zeros (on Ascend the same call sites would take HCCL send/recv; not built here: docs/parallel.md).
+
+Stage 1 (layer-wise): activations only flow forward. Each stage receives the teacher's hidden state, taps its own
+layers, trains its own student attentions, and sends the hidden state on; one pass, no backward traffic.
+
+Stage 2 (model-level), GPipe: the batch is cut into ``micro_batches``; every stage runs all forwards (sending
+teacher and student hidden states on), then all backwards in reverse order (sending the gradient of its input
+back). A stage's backward recomputes its forward (activation recomputation) and differentiates
+    last stage:   its loss terms (KL, CE, feature terms of its layers)
+    other stages: its feature terms + <student output, gradient received for it>
+with respect to its parameters and its student input. 1F1B would reorder the same calls; it needs paired
+send/recv to avoid deadlock with blocking all-reduce transfers, so it is not offered on this backend.
+"""
+import mindspore as ms
+from mindspore import mint, nn, ops
+
+from mindedit.parallel.comm import Group, ReduceFromGroup, SINGLE
+
+
+class Transfer(nn.Cell):
+    """One direction of a neighbour link: ``send(x)`` on one side, ``recv(like)`` on the other (same shapes)."""
+
+    def __init__(self, grp: Group):
+        super().__init__()
+        self.sum = ReduceFromGroup(grp)
+
+    def send(self, x):
+        return self.sum(x)
+
+    def recv(self, like):
+        return self.sum(ops.zeros_like(like))
+
+
+def _cos_distance(hs, ht):
+    ht = ops.stop_gradient(ht).astype(ms.float32)
+    hs = hs.astype(ms.float32)
+    return (1.0 - (hs * ht).sum(-1) / (ops.sqrt((hs * hs).sum(-1) * (ht * ht).sum(-1)) + 1e-6)).mean()
+
+
+class PipelineStage1Loss(nn.Cell):
+    """Stage 1 on one pipeline stage: (ids) -> (total over all stages, per-layer losses [L] over all stages)."""
+
+    def __init__(self, teacher, student, layers, num_layers: int, prev: Group, nxt: Group, pp: Group):
+        super().__init__(auto_prefix=False)
+        self.teacher_body, self.student_body = teacher.model, student.model
+        self.layers, self.num_layers = tuple(layers), num_layers
+        self.first, self.last = prev is None, nxt is None
+        self.prev = Transfer(prev) if prev is not None else None
+        self.next = Transfer(nxt) if nxt is not None else None
+        self.pp_sum = ReduceFromGroup(pp)
+        self.hidden = teacher.config.hidden_size
+
+    def construct(self, ids):
+        b, t = ids.shape
+        if self.first:
+            x = self.teacher_body.embed_tokens(ids)
+        else:
+            x = self.prev.recv(ops.zeros((b, t, self.hidden), ms.float32))
+        losses = ()
+        for i in range(self.num_layers):  # other stages' layers count zero here; the pp sum fills them in
+            if i in self.layers:
+                x, h, y = self.teacher_body.layers[i].attention_io(x)
+                h, y = ops.stop_gradient(h), ops.stop_gradient(y).astype(ms.float32)
+                err = self.student_body.layers[i].self_attn(h).astype(ms.float32) - y
+                losses = losses + (((err * err).sum((1, 2)) / ((y * y).sum((1, 2)) + 1e-12)).mean(),)
+            else:
+                losses = losses + (ops.zeros((), ms.float32),)
+        per_layer = ops.stack(losses)
+        if not self.last:  # the send comes before the pp sum on every stage: one order of collectives everywhere
+            per_layer = ops.depend(per_layer, self.next.send(ops.stop_gradient(x).astype(ms.float32)))
+        per_layer = self.pp_sum(per_layer)
+        return per_layer.sum(), per_layer
+
+
+class _Stage2Piece(nn.Cell):
+    """This stage's share of stage 2: (ids, teacher in, student in, gradient of student out) ->
+    (objective to differentiate, teacher out, student out, [kl, feature, ce] terms of this stage)."""
+
+    def __init__(self, loss, layers, first: bool, last: bool):
+        super().__init__(auto_prefix=False)
+        self.t, self.s = loss.teacher, loss.student
+        self.vocab, self.kl_kind, self.tau = loss.vocab, loss.kl, loss.tau
+        self.layers, self.first, self.last = tuple(layers), first, last
+        self.feature_layers = tuple(i for i in loss.feature_layers if i in self.layers)
+        self.n_features = max(1, len(loss.feature_layers))
+        self.feature_weight, self.ce_weight = loss.feature_weight, loss.ce_weight
+
+    def construct(self, ids, t_x, s_x, ds_out):
+        if self.first:
+            t_x, s_x = self.t.model.embed_tokens(ids), self.s.model.embed_tokens(ids)
+        zero = ops.zeros((), ms.float32)
+        feature, kl, ce = zero, zero, zero
+        for i in self.layers:
+            t_x = self.t.model.layers[i](t_x)
+            s_x = self.s.model.layers[i](s_x)
+            if i in self.feature_layers:
+                feature = feature + _cos_distance(s_x, t_x) / self.n_features
+        objective = self.feature_weight * feature
+        if self.last:
+            vocab = self.vocab
+            t_logits = ops.stop_gradient(self.t.logits(self.t.model.norm(t_x)))
+            s_logits = self.s.logits(self.s.model.norm(s_x))
+            logp_t = vocab.log_softmax(t_logits / self.tau)
+            logp_s = vocab.log_softmax(s_logits / self.tau)
+            if self.kl_kind == "forward":
+                kl = vocab.sum(mint.exp(logp_t) * (logp_t - logp_s)).mean()
+            elif self.kl_kind == "reverse":
+                kl = vocab.sum(mint.exp(logp_s) * (logp_s - logp_t)).mean()
+            else:
+                kl = 0.5 * vocab.sum((mint.exp(logp_t) - mint.exp(logp_s)).mul(logp_t - logp_s)).mean()
+            kl = kl * (self.tau * self.tau)
+            if self.ce_weight > 0:
+                ce = -vocab.pick(vocab.log_softmax(s_logits[:, :-1]), ids[:, 1:]).mean()
+            objective = objective + kl + self.ce_weight * ce
+        else:
+            objective = objective + (s_x.astype(ms.float32) * ops.stop_gradient(ds_out)).sum()
+        return objective, ops.stop_gradient(t_x), s_x, ops.stack((kl, feature, ce))
+
+
+class PipelineStage2:
+    """GPipe stage 2 for one rank. ``micro_step(ids)`` (the trainer's hook) runs every micro-batch's forward and
+    backward through the pipeline, hands the summed gradients to ``accumulate`` and returns (loss, aux)."""
+
+    def __init__(self, loss, layers, prev: Group, nxt: Group, pp: Group, micro_batches: int, hidden: int):
+        self.piece = _Stage2Piece(loss, layers, prev is None, nxt is None)
+        self.prev = Transfer(prev) if prev is not None else None
+        self.next = Transfer(nxt) if nxt is not None else None
+        self.pp_sum = ReduceFromGroup(pp if pp is not None else SINGLE)
+        self.m, self.hidden = micro_batches, hidden
+        self.aux_names = ["kl", "feature", "ce"]
+
+    def bind(self, params, reduce_grads, accumulate):
+        """Compiles this rank's forward and backward for the trainer's parameters."""
+        piece = self.piece
+        first = self.prev is None
+        grad_fn = ms.value_and_grad(piece, grad_position=None if first else 2, weights=params, has_aux=True)
+
+        @ms.jit
+        def forward(ids, t_x, s_x, ds):
+            return piece(ids, t_x, s_x, ds)[1:]
+
+        @ms.jit
+        def backward(ids, t_x, s_x, ds_out, scale):
+            (_, _, _, terms), grads = grad_fn(ids, t_x, s_x, ds_out)
+            if first:
+                param_grads, ds_in = grads, s_x
+            else:
+                ds_in, param_grads = grads
+            accumulate(reduce_grads(tuple(g * scale for g in param_grads)))
+            return ds_in, terms
+
+        self._forward, self._backward = forward, backward
+        return self
+
+    def micro_step(self, ids):
+        b, t = ids.shape
+        if b % self.m:
+            raise ValueError(f"pipeline: {b} sequences per rank cannot be cut into parallel.micro_batches={self.m}")
+        rows = b // self.m
+        shape = (rows, t, self.hidden)
+        zeros = ops.zeros(shape, ms.float32)
+        saved = []
+        for k in range(self.m):  # forwards
+            mb = ids[k * rows:(k + 1) * rows]
+            t_x = self.prev.recv(zeros) if self.prev else zeros
+            s_x = self.prev.recv(zeros) if self.prev else zeros
+            t_out, s_out, _ = self._forward(mb, t_x, s_x, zeros)
+            if self.next:
+                self.next.send(t_out.astype(ms.float32))
+                self.next.send(s_out.astype(ms.float32))
+            saved.append((mb, t_x, s_x))
+        scale = ms.Tensor(1.0 / self.m, ms.float32)
+        aux = ops.zeros((3,), ms.float32)
+        for k in reversed(range(self.m)):  # backwards
+            mb, t_x, s_x = saved[k]
+            ds_out = self.next.recv(zeros) if self.next else zeros
+            ds_in, terms = self._backward(mb, t_x, s_x, ds_out, scale)
+            if self.prev:
+                self.prev.send(ds_in.astype(ms.float32))
+            aux = aux + terms / self.m
+        aux = self.pp_sum(aux)
+        return aux[0] + self.piece.feature_weight * aux[1] + self.piece.ce_weight * aux[2], aux

@@ -1,0 +1,119 @@
+"""Tensor-parallel layers (Megatron): column/row-parallel linears, a vocab-parallel embedding, and the vocab
+reductions a distillation loss needs without ever gathering logits on one rank.
+
+Each layer subclasses the cell it replaces, so parameter paths stay the HF names (``q_proj.weight`` holds this
+rank's rows of the full ``q_proj.weight``) and the model code calling it does not change.
+"""
+import mindspore as ms
+from mindspore import mint, nn, ops
+
+from mindedit.layers import Embedding, RMSNorm
+from mindedit.parallel.comm import CopyToGroup, Group, GroupMax, ReduceFromGroup, SINGLE, SumOverGroup
+
+
+def _np(p):
+    return p.value().astype(ms.float32).asnumpy()
+
+
+def _local_linear(cls, linear, weight, bias):
+    """A new ``cls`` holding numpy ``weight`` [out, in] (and ``bias``), in the dtype of ``linear``."""
+    out_features, in_features = weight.shape
+    dtype = linear.weight.dtype
+    new = cls(in_features, out_features, bias=bias is not None, weight_init="zeros", bias_init="zeros", dtype=dtype)
+    new.weight.set_data(ms.Tensor(weight).astype(dtype))
+    if bias is not None:
+        new.bias.set_data(ms.Tensor(bias).astype(dtype))
+    new.weight.requires_grad = linear.weight.requires_grad
+    return new
+
+
+class ColumnParallelLinear(mint.nn.Linear):
+    """Holds rows ``rows`` of the full weight (output features); input replicated, output split."""
+
+    @classmethod
+    def shard(cls, linear, rows, grp: Group):
+        w = _np(linear.weight)[rows]
+        b = _np(linear.bias)[rows] if linear.bias is not None else None
+        new = _local_linear(cls, linear, w, b)
+        new.copy = CopyToGroup(grp)
+        return new
+
+    def construct(self, x):
+        return super().construct(self.copy(x))
+
+
+class RowParallelLinear(mint.nn.Linear):
+    """Holds columns ``cols`` of the full weight (input features); input split, output summed over the group.
+    The bias (if any) is added once, after the sum."""
+
+    @classmethod
+    def shard(cls, linear, cols, grp: Group):
+        w = _np(linear.weight)[:, cols]
+        new = _local_linear(cls, linear, w, _np(linear.bias) if linear.bias is not None else None)
+        new.reduce = ReduceFromGroup(grp)
+        return new
+
+    def construct(self, x):
+        y = self.reduce(mint.matmul(x, self.weight.T))
+        return y + self.bias if self.bias is not None else y
+
+
+class VocabParallelEmbedding(Embedding):
+    """Rows [start, start + n) of the embedding table; other ids give zeros, summed over the group."""
+
+    @classmethod
+    def shard(cls, emb, start: int, n: int, grp: Group):
+        new = cls(n, emb.weight.shape[1], emb.weight.dtype)
+        new.weight.set_data(ms.Tensor(_np(emb.weight)[start:start + n]).astype(emb.weight.dtype))
+        new.weight.requires_grad = emb.weight.requires_grad
+        new.start, new.n, new.reduce = start, n, ReduceFromGroup(grp)
+        return new
+
+    def construct(self, ids):
+        local = ids - self.start
+        inside = mint.logical_and(local >= 0, local < self.n)
+        x = ops.gather(self.weight, mint.clamp(local, 0, self.n - 1), 0)
+        return self.reduce(x * inside.unsqueeze(-1).astype(x.dtype))
+
+
+class NormToVocab(RMSNorm):
+    """The final norm followed by f (identity forward, all-reduce backward): the hidden state enters the
+    vocab-parallel head, whose ranks each hold a slice of the vocabulary."""
+
+    @classmethod
+    def wrap(cls, norm, grp: Group):
+        new = cls(norm.weight.shape[0], norm.eps, norm.weight.dtype)
+        new.weight = norm.weight  # the same Parameter (shared with the teacher unless the student owns it)
+        new.copy = CopyToGroup(grp)
+        return new
+
+    def construct(self, x):
+        return self.copy(super().construct(x))
+
+
+class Vocab(nn.Cell):
+    """Reductions over the vocabulary axis of logits that may be split over a group: [start, start + n) here.
+    With the single-rank group these are the plain operations."""
+
+    def __init__(self, start: int = 0, n: int = 0, grp: Group = SINGLE):
+        super().__init__()
+        self.start, self.n = start, n
+        self.reduce, self.max, self.normaliser = ReduceFromGroup(grp), GroupMax(grp), SumOverGroup(grp)
+
+    def sum(self, x):
+        """x [..., V_local] -> [...]: the sum over the whole vocabulary."""
+        return self.reduce(x.sum(-1))
+
+    def log_softmax(self, logits):
+        m = self.max(logits.max(axis=-1, keepdims=True))
+        z = logits - m
+        return z - ops.log(self.normaliser(mint.exp(z).sum(-1, keepdim=True)))
+
+    def pick(self, logp, ids):
+        """logp [B, T, V_local], ids [B, T] -> logp at each id [B, T] (from the rank that holds it)."""
+        if self.n == 0:
+            return mint.gather(logp, -1, ids.unsqueeze(-1)).squeeze(-1)
+        local = ids - self.start
+        inside = mint.logical_and(local >= 0, local < self.n).astype(logp.dtype)
+        got = mint.gather(logp, -1, mint.clamp(local, 0, self.n - 1).unsqueeze(-1)).squeeze(-1)
+        return self.reduce(got * inside)
