@@ -21,7 +21,8 @@ DENSE, MOE = "configs/tiny_gateswa.yaml", "configs/ci/tiny_qwen3_moe.yaml"
 LAYOUTS = {
     "dense-single": (DENSE, []), "dense-dp2": (DENSE, ["parallel.dp=2"]), "dense-tp2": (DENSE, ["parallel.tp=2"]),
     "dense-pp2": (DENSE, ["parallel.pp=2"]), "dense-tp2-pp2": (DENSE, ["parallel.tp=2", "parallel.pp=2"]),
-    "moe-single": (MOE, []), "moe-tp2": (MOE, ["parallel.tp=2"]), "moe-dp2-ep2": (MOE, ["parallel.dp=2", "parallel.ep=2"]),
+    "moe-single": (MOE, []), "moe-tp2": (MOE, ["parallel.tp=2"]),
+    "moe-dp2-ep2": (MOE, ["parallel.dp=2", "parallel.ep=2"]),
 }
 
 
@@ -86,10 +87,11 @@ def main():
         print(f"{r['layout']:<16}{r['ranks']:>6}{r['max_rank_teacher_mib']:>18.1f}{r['max_rank_student_mib']:>18.2f}"
               f"{r['max_rank_peak_rss_mib']:>14.0f}{r['stage1_s_per_step']:>15.3f}{r['stage2_s_per_step']:>15.3f}")
     mem = shared_vs_separate()
-    print(f"\nSmolLM2-135M teacher + GateSWA student: shared backbone {mem['shared']['param_bytes'] / 2 ** 20:.0f} MiB "
-          f"parameters ({mem['shared']['peak_rss_bytes'] / 2 ** 20:.0f} MiB peak RSS), separate copy "
-          f"{mem['separate']['param_bytes'] / 2 ** 20:.0f} MiB ({mem['separate']['peak_rss_bytes'] / 2 ** 20:.0f} MiB):"
-          f" {mem['param_ratio_separate_over_shared']:.2f}x parameters, {mem['rss_ratio_separate_over_shared']:.2f}x RSS")
+    shared, separate, mib = mem["shared"], mem["separate"], 2 ** 20
+    print(f"\nSmolLM2-135M teacher + GateSWA student: shared backbone {shared['param_bytes'] / mib:.0f} MiB "
+          f"parameters ({shared['peak_rss_bytes'] / mib:.0f} MiB peak RSS), separate copy "
+          f"{separate['param_bytes'] / mib:.0f} MiB ({separate['peak_rss_bytes'] / mib:.0f} MiB): "
+          f"{mem['param_ratio_separate_over_shared']:.2f}x parameters, {mem['rss_ratio_separate_over_shared']:.2f}x RSS")
     out = REPO / "docs" / "parallel_bench.json"
     out.write_text(json.dumps({"layouts": rows, "shared_vs_separate": mem}, indent=1) + "\n")
     print(f"wrote {out}")

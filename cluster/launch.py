@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.config import Cluster
-from cluster.msrun import LaunchError, failed_ranks, free_port, msrun_command
+from cluster.msrun import LaunchError, failed_ranks, free_port, msrun_command, tail
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_AGENT = Path(__file__).resolve().parent / "node.py"
@@ -74,7 +74,9 @@ def plan_nodes(cluster: Cluster, worker_args: list, run_dir: Path, rank_table_pa
         ssh = None
         if node.host != cluster.master_host:
             target = f"{cluster.ssh_user}@{node.host}" if cluster.ssh_user else node.host
-            ssh = [os.environ.get("MINDEDIT_SSH", "ssh"), "-o", "BatchMode=yes", "-p", str(cluster.ssh_port), target]
+            # -tt: a remote pty, so that closing this ssh (when the launcher stops the job) hangs up the remote msrun
+            ssh = [os.environ.get("MINDEDIT_SSH", "ssh"), "-o", "BatchMode=yes", "-p", str(cluster.ssh_port), "-tt",
+                   target]
         out.append(NodeLaunch(i, node.host, argv, env, log_dir, ssh))
     return out
 
@@ -145,8 +147,8 @@ def run_nodes(launches: list, run_dir: Path, log=print, poll: float = 0.5):
     logs = Path(run_dir) / "logs"
     for n in launches:
         n.log_dir.mkdir(parents=True, exist_ok=True)
-        for old in list(n.log_dir.glob("*.log")) + list(logs.glob("rank_*.pid")) + list(logs.glob("launcher_*.log")):
-            old.unlink()
+        for old in {*n.log_dir.glob("*.log"), *logs.glob("rank_*.pid"), *logs.glob("launcher_*.log")}:
+            old.unlink(missing_ok=True)
     base = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     procs, died, stopping = [], [], []
 
@@ -201,10 +203,7 @@ def _node_of_rank(launches, rank: int):
 
 
 def _tail(path: Path, lines: int = 12) -> str:
-    if not path.is_file():
-        return ""
-    keep = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip() and "WARNING" not in ln]
-    return "\n".join(keep[-lines:])
+    return tail(path.read_text(errors="replace"), lines) if path.is_file() else ""
 
 
 def _failure(launches, logs: Path, died: list, bad: list) -> str:

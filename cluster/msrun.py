@@ -28,12 +28,17 @@ def msrun_command(worker_args, workers: int, log_dir, master_port: int, local_wo
             str(WORKER), *map(str, worker_args)]
 
 
+def tail(text: str, lines: int = 12) -> str:
+    """The last lines of a log without MindSpore's [INFO]/[WARNING] chatter."""
+    keep = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith(("[INFO]", "[WARNING]"))]
+    return "\n".join(keep[-lines:])
+
+
 def failed_ranks(log_dir) -> list:
     """(rank, last lines) of the worker logs that end in a Python traceback or an error line."""
     out = []
     for log in sorted(Path(log_dir).glob("worker_*.log"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0)):
         text = log.read_text(errors="replace")
         if "Traceback (most recent call last)" in text or re.search(r"^\w*Error: ", text, re.M):
-            lines = [ln for ln in text.splitlines() if ln.strip() and "WARNING" not in ln]
-            out.append((int(re.sub(r"\D", "", log.stem)), "\n".join(lines[-12:])))
+            out.append((int(re.sub(r"\D", "", log.stem)), tail(text)))
     return out

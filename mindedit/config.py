@@ -239,6 +239,10 @@ def load_job_config(path, overrides=()) -> JobConfig:
     if train["batch_size"] % dp:
         raise JobConfigError(f"{path}: train.batch_size={train['batch_size']}: the global batch must divide evenly "
                              f"over parallel.dp={dp} data-parallel ranks")
+    mb = cfg.parallel["micro_batches"]
+    if cfg.parallel["pp"] > 1 and (train["batch_size"] // dp) % mb:
+        raise JobConfigError(f"{path}: parallel.micro_batches={mb}: must divide the {train['batch_size'] // dp} "
+                             f"sequences of a data-parallel rank's batch (train.batch_size / parallel.dp)")
     if cfg.parallel["ep"] > 1 and any(train["batch_size"] // dp * train[s]["seq_len"] % cfg.parallel["tp"]
                                       for s in ("stage1", "stage2")):
         raise JobConfigError(f"{path}: parallel.ep={cfg.parallel['ep']}: the tokens of a rank's batch "

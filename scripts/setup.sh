@@ -20,9 +20,10 @@ if [[ ! -x "$venv/bin/python" ]]; then
 fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 
-# Re-run pip only when the requirement files changed (stamp = hash of their contents).
+# Re-run pip only when the requirement files or pyproject.toml (the editable install's package list) changed
+# (stamp = hash of their contents).
 stamp="$venv/.mindedit-${reqs[0]%.txt}.sha256"
-want="$(cat requirements*.txt | sha256sum | cut -d' ' -f1)"
+want="$(cat requirements*.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   echo "[setup] installing ${reqs[*]} (first time: ~1.5 GB download)"
   "${pip[@]}" install -r "${reqs[0]}"

@@ -119,7 +119,7 @@ def test_dry_run_of_the_two_node_910b_config(tmp_path):
         for flag in ("--worker_num=16", "--local_worker_num=8", "--master_addr=10.0.0.1", "--master_port=8118",
                      f"--log_dir={tmp_path}/logs/node{node}", "--join=True", "--cluster_time_out=600"):
             assert flag in line, (flag, line)
-        assert ("ssh -o BatchMode=yes -p 22 mindedit@10.0.0.2" in line) == (node == 1)
+        assert ("ssh -o BatchMode=yes -p 22 -tt mindedit@10.0.0.2" in line) == (node == 1)
     assert '"HCCL_CONNECT_TIMEOUT": "600"' in out and "stage2" in out and "fits" in out
     table = json.loads((tmp_path / "rank_table.json").read_text())
     assert table["server_count"] == "2" and table["server_list"][1]["device"][0]["rank_id"] == "8"

@@ -98,6 +98,7 @@ def test_bad_job_config_is_named(tmp_path):
     ({"parallel": {"pp": 99}}, r"parallel\.pp=99: more pipeline stages than num_hidden_layers=36"),
     ({"parallel": {"schedule": "1f1b"}}, r"parallel\.schedule='1f1b': expected one of \('gpipe',\)"),
     ({"parallel": {"tpp": 2}}, r"parallel\.tpp: unknown key"),
+    ({"parallel": {"pp": 2, "micro_batches": 3}}, r"parallel\.micro_batches=3: must divide the 2 sequences"),
 ])
 def test_bad_training_sections_are_named(tmp_path, change, message):
     import yaml

@@ -7,6 +7,7 @@ with an MLA target, everything trainable in stage 2 (embedding, head, norms, MLP
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -110,32 +111,60 @@ def test_a_failing_rank_is_named_and_bad_layouts_never_start(tmp_path):
     # ... and a rank that dies inside the job is named, with the end of its log
     proc = mindedit("train", DENSE, tmp_path, ["parallel.dp=2", "stage1.lr=.inf"], check=False)
     assert proc.returncode != 0
-    assert "error: rank 0 on node 0 (127.0.0.1) failed" in proc.stderr
-    assert "stage1 step 2: the loss is nan" in proc.stderr
+    # (both ranks see the same non-finite loss; msrun reports whichever exits first)
+    assert re.search(r"error: rank [01] on node 0 \(127\.0\.0\.1\) exited with 1; the job was stopped on every node",
+                     proc.stderr)
+    assert "FloatingPointError: stage1 step 2: the loss is nan" in proc.stderr
 
 
-def test_two_node_rehearsal_through_the_ssh_seam(reference, tmp_path):
-    """Two nodes on one machine, as on two servers: the launcher runs node 0 (127.0.0.1, the master) itself and
-    reaches node 1 (127.0.0.2) through its ssh seam (a stand-in that runs the command line locally); msrun
-    --node_rank 0/1 with two workers each; a tp=2 x pp=2 job whose pipeline stages sit on different nodes."""
+@pytest.fixture
+def second_node():
+    """A second "machine": a network namespace joined to this one by a veth pair (10.213.0.1 here, 10.213.0.2
+    there). msrun starts its scheduler on whichever node owns the master address, so two launchers sharing one
+    network would both try; in its own namespace node 1 sees the master as remote, as on a real cluster."""
+    ns, here, there = f"mindedit{os.getpid() % 10000}", "10.213.0.1", "10.213.0.2"
+    veth = f"me{os.getpid() % 10000}"
+    steps = [["ip", "netns", "add", ns], ["ip", "link", "add", f"{veth}a", "type", "veth", "peer", "name", f"{veth}b"],
+             ["ip", "link", "set", f"{veth}b", "netns", ns], ["ip", "addr", "add", f"{here}/24", "dev", f"{veth}a"],
+             ["ip", "link", "set", f"{veth}a", "up"],
+             ["ip", "netns", "exec", ns, "ip", "addr", "add", f"{there}/24", "dev", f"{veth}b"],
+             ["ip", "netns", "exec", ns, "ip", "link", "set", f"{veth}b", "up"],
+             ["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]]
+    try:
+        for cmd in steps:
+            subprocess.run(cmd, check=True, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        pytest.skip(f"needs root and iproute2 network namespaces for a second node ({e})")
+    yield {"namespace": ns, "master": here, "node": there}
+    subprocess.run(["ip", "link", "del", f"{veth}a"], capture_output=True)
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_two_node_rehearsal_through_the_ssh_seam(reference, tmp_path, second_node):
+    """Two nodes as on two servers: the launcher runs node 0 (the master) itself and reaches node 1 through its
+    ssh seam (a stand-in that runs the command line in node 1's network namespace); msrun --node_rank 0/1 with
+    two workers each; a tp=2 x pp=2 job whose two pipeline stages sit on different nodes."""
     import yaml
-    from cluster.msrun import free_port
     raw = yaml.safe_load((ROOT / DENSE).read_text())
-    raw["cluster"] = {"master": {"host": "127.0.0.1", "port": free_port()}, "cluster_time_out": 120,
-                      "nodes": [{"host": "127.0.0.1", "devices": [0, 1]}, {"host": "127.0.0.2", "devices": [0, 1]}]}
+    master, node = second_node["master"], second_node["node"]
+    raw["cluster"] = {"master": {"host": master, "port": 8400 + os.getpid() % 1000}, "cluster_time_out": 120,
+                      "nodes": [{"host": master, "devices": [0, 1]}, {"host": node, "devices": [0, 1]}]}
     config = tmp_path / "two_nodes.yaml"
     config.write_text(yaml.safe_dump(raw))
-    os.environ["MINDEDIT_SSH"] = str(ROOT / "tests" / "tools" / "fake_ssh.py")
-    os.environ["FAKE_SSH_LOG"] = str(tmp_path / "ssh.log")
+    os.environ.update(MINDEDIT_SSH=str(ROOT / "tests" / "tools" / "fake_ssh.py"),
+                      FAKE_SSH_LOG=str(tmp_path / "ssh.log"), FAKE_SSH_NETNS=f"{node}={second_node['namespace']}")
     try:
         mindedit("train", str(config), tmp_path / "run", ["parallel.tp=2", "parallel.pp=2"])
     finally:
-        del os.environ["MINDEDIT_SSH"], os.environ["FAKE_SSH_LOG"]
+        for key in ("MINDEDIT_SSH", "FAKE_SSH_LOG", "FAKE_SSH_NETNS"):
+            del os.environ[key]
     calls = [json.loads(line) for line in (tmp_path / "ssh.log").read_text().splitlines()]
-    assert len(calls) == 1 and calls[0][:5] == ["-o", "BatchMode=yes", "-p", "22", "127.0.0.2"]
-    assert "--node_rank=1" in calls[0][5] and "--local_worker_num=2" in calls[0][5]
+    assert len(calls) == 1 and calls[0][:6] == ["-o", "BatchMode=yes", "-p", "22", "-tt", node]
+    assert "--node_rank=1" in calls[0][6] and f"--master_addr={master}" in calls[0][6]
     logs = tmp_path / "run" / "logs"
     assert sorted(p.name for p in (logs / "node1").glob("worker_*.log")) == ["worker_2.log", "worker_3.log"]
+    assert not (logs / "node1" / "scheduler.log").exists()  # node 1 joined node 0's scheduler
     assert_same_run(tmp_path / "run", reference(DENSE))
 
 

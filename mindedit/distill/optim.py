@@ -14,13 +14,15 @@ from mindspore import Parameter, ParameterTuple, mint, nn, ops
 
 
 class AdamW(nn.Cell):
-    def __init__(self, params, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, clip=1.0, norm_weights=None,
-                 norm_reduce=None):
-        """norm_weights / norm_reduce (sharded runs, mindedit.parallel): each parameter's squared gradient norm
-        is weighted (1 / ranks holding the same piece) and summed over the world, so that the clipping norm is
-        the global one."""
+    def __init__(self, params, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, clip=1.0, grad_reducer=None,
+                 norm_weights=None, norm_reduce=None):
+        """Sharded runs (mindedit.parallel): ``grad_reducer`` sums/averages the accumulated gradients across ranks
+        once per step, before clipping (after the whole pipeline schedule, so every rank issues its collectives in
+        one order); each parameter's squared norm is weighted by ``norm_weights`` (1 / ranks holding the same
+        piece) and summed over the world by ``norm_reduce``, so that the clipping norm is the global one."""
         super().__init__(auto_prefix=False)
         self.params = ParameterTuple(params)
+        self.grad_reducer = grad_reducer
         self.norm_weights = tuple(norm_weights or (1.0,) * len(self.params))
         self.norm_reduce = norm_reduce
         self.b1, self.b2, self.eps, self.clip = betas[0], betas[1], eps, clip
@@ -55,6 +57,8 @@ class AdamW(nn.Cell):
 
     def _apply(self, lr, micro_batches):
         grads = tuple(a / micro_batches for a in self.acc)
+        if self.grad_reducer is not None:
+            grads = self.grad_reducer(grads)
         sq = sum(w * (g * g).sum() for w, g in zip(self.norm_weights, grads))
         norm = ops.sqrt(self.norm_reduce(sq) if self.norm_reduce is not None else sq)
         scale = mint.clamp(self.clip / (norm + 1e-6), max=1.0) if self.clip > 0 else ops.ones((), ms.float32)

@@ -4,9 +4,10 @@ schedule, metrics, progress bar, and atomic checkpoints that make a rerun contin
 A stage is (name, loss cell, names of its aux terms, trainable parameter paths, stage spec, steps, batches). The
 loss cell maps ids [B, T] -> (loss, aux vector); the loop does not know what the loss is.
 
-Sharded runs (mindedit.parallel) pass their Layout: gradients are summed/averaged across ranks inside the compiled
-micro-step, the clipping norm is the global one, reported losses are the data-parallel mean, and checkpoints hold
-full tensors gathered from all ranks (written by rank 0), so they load under any layout.
+Sharded runs (mindedit.parallel) pass their Layout: gradients are summed/averaged across ranks once per optimizer
+step (in the optimizer, before clipping), the clipping norm is the global one, reported losses are the
+data-parallel mean, and checkpoints hold full tensors gathered from all ranks (written by rank 0), so they load
+under any layout.
 """
 import time
 from dataclasses import dataclass
@@ -32,15 +33,15 @@ class Stage:
     batches: object        # .get(position) -> ids [B, T] (mindedit.data.shards.Batches at the stage's seq_len)
 
 
-def compiled_micro_step(loss_cell, opt, reduce_grads, dp_sum, dp: float):
-    """ids -> (loss, aux) averaged over data-parallel ranks; the reduced gradients go into the optimizer's sum.
+def compiled_micro_step(loss_cell, opt, dp_sum, dp: float):
+    """ids -> (loss, aux) averaged over data-parallel ranks; this rank's gradients go into the optimizer's sum.
     (Defined at module level: MindSpore 2.10 mis-parses a jitted function defined inside an if block.)"""
     grad_fn = ms.value_and_grad(loss_cell, None, opt.params, has_aux=True)
 
     @ms.jit
     def micro_step(ids):
         (loss, aux), grads = grad_fn(ids)
-        opt.accumulate(reduce_grads(grads))
+        opt.accumulate(grads)
         return dp_sum(loss) / dp, dp_sum(aux) / dp
 
     return micro_step
@@ -81,7 +82,8 @@ class Trainer:
         spec, layout = stage.spec, self.layout
         params = [self.weights[n] for n in stage.trainable if n in self.weights]
         opt = AdamW(params, (spec["beta1"], spec["beta2"]), weight_decay=spec["weight_decay"], clip=spec["clip"],
-                    norm_weights=layout.norm_weights(params), norm_reduce=ReduceFromGroup(layout.world))
+                    grad_reducer=layout.grad_reducer(params), norm_weights=layout.norm_weights(params),
+                    norm_reduce=ReduceFromGroup(layout.world))
         opt_state = {p.name: p for p in opt.state()}
         opt_io = self._optimizer_io(stage, opt_state)
         start = 0
@@ -92,16 +94,15 @@ class Trainer:
         if stage.steps == 0 or start >= stage.steps:
             self._finish(stage, opt_state, start, opt_io)
             return
-        reduce_grads, dp_sum = layout.grad_reducer(params), ReduceFromGroup(layout.dp)
-        dp = float(layout.dp.size)
+        dp_sum, dp = ReduceFromGroup(layout.dp), float(layout.dp.size)
         if hasattr(stage.loss, "bind"):  # a pipeline schedule drives its own forwards and backwards
-            pipe = stage.loss.bind(opt.params, reduce_grads, opt.accumulate)
+            pipe = stage.loss.bind(opt.params, opt.accumulate)
 
             def micro_step(ids):
                 loss, aux = pipe.micro_step(ids)
                 return dp_sum(loss) / dp, dp_sum(aux) / dp
         else:
-            micro_step = compiled_micro_step(stage.loss, opt, reduce_grads, dp_sum, dp)
+            micro_step = compiled_micro_step(stage.loss, opt, dp_sum, dp)
 
         tokens = self.grad_accum * stage.batches.batch * stage.batches.seq_len  # per optimizer step
         bar = Progress((stage.steps - start) * tokens, stage.name) \

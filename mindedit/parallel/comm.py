@@ -2,8 +2,8 @@
 
 Only collectives that exist on both backends are used. On CPU (mccl) only AllReduce SUM works inside a created
 group (AllGather and Broadcast refuse anything but the world group; measured, docs/environment.md), so a gather
-there is an all-reduce of zero-padded pieces; on Ascend it is AllGather. A group of one rank makes every cell here an identity, so a single-process run takes the
-same code path with no communication.
+there is an all-reduce of zero-padded pieces; on Ascend it is AllGather. A group of one rank makes every cell
+here an identity, so a single-process run takes the same code path with no communication.
 
     CopyToGroup      f: identity forward, all-reduce backward (before a column-parallel matmul)
     ReduceFromGroup  g: all-reduce forward, identity backward (after a row-parallel matmul, a vocab-parallel sum)

@@ -24,7 +24,7 @@ from mindedit.attention.gqa import GQAAttention
 from mindedit.attention.mla import MLAAttention
 from mindedit.layers import Embedding, RMSNorm
 from mindedit.models.qwen3 import MLP, SparseMoE
-from mindedit.parallel.comm import Group, ReduceFromGroup, SINGLE, group, world_group
+from mindedit.parallel.comm import Group, ReduceFromGroup, SINGLE, all_reduce, group, world_group
 from mindedit.parallel.dims import ParallelDims
 from mindedit.parallel.expert import ExpertParallelMoE
 from mindedit.parallel.tensor import ColumnParallelLinear, NormToVocab, RowParallelLinear, Vocab, \
@@ -94,7 +94,6 @@ class Layout:
         ``shapes`` ({name: full shape}, default: the local ones), holding a piece of some of them (experts and
         pipeline stages live on some ranks only). ``spec_of`` maps a name to the Parameter whose Spec it follows
         (optimizer state follows its parameter)."""
-        from mindedit.parallel.comm import all_reduce
         shapes = shapes or {n: tuple(p.shape) for n, p in named.items()}
         out = {}
         for name in sorted(shapes):

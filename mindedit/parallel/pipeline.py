@@ -18,7 +18,7 @@ send/recv to avoid deadlock with blocking all-reduce transfers, so it is not off
 import mindspore as ms
 from mindspore import mint, nn, ops
 
-from mindedit.parallel.comm import Group, ReduceFromGroup, SINGLE
+from mindedit.parallel.comm import Group, ReduceFromGroup
 
 
 class Transfer(nn.Cell):
@@ -123,17 +123,17 @@ class _Stage2Piece(nn.Cell):
 
 class PipelineStage2:
     """GPipe stage 2 for one rank. ``micro_step(ids)`` (the trainer's hook) runs every micro-batch's forward and
-    backward through the pipeline, hands the summed gradients to ``accumulate`` and returns (loss, aux)."""
+    backward through the pipeline, adds this rank's gradients to ``accumulate`` (the optimizer reduces them across
+    ranks after the schedule, so no gradient collective interleaves with the transfers) and returns (loss, aux)."""
 
     def __init__(self, loss, layers, prev: Group, nxt: Group, pp: Group, micro_batches: int, hidden: int):
         self.piece = _Stage2Piece(loss, layers, prev is None, nxt is None)
         self.prev = Transfer(prev) if prev is not None else None
         self.next = Transfer(nxt) if nxt is not None else None
-        self.pp_sum = ReduceFromGroup(pp if pp is not None else SINGLE)
+        self.pp_sum = ReduceFromGroup(pp)
         self.m, self.hidden = micro_batches, hidden
-        self.aux_names = ["kl", "feature", "ce"]
 
-    def bind(self, params, reduce_grads, accumulate):
+    def bind(self, params, accumulate):
         """Compiles this rank's forward and backward for the trainer's parameters."""
         piece = self.piece
         first = self.prev is None
@@ -150,7 +150,7 @@ class PipelineStage2:
                 param_grads, ds_in = grads, s_x
             else:
                 ds_in, param_grads = grads
-            accumulate(reduce_grads(tuple(g * scale for g in param_grads)))
+            accumulate(tuple(g * scale for g in param_grads))
             return ds_in, terms
 
         self._forward, self._backward = forward, backward
