@@ -178,8 +178,10 @@ def run_nodes(launches: list, run_dir: Path, log=print, poll: float = 0.5):
             codes = [p.poll() for p in procs]
             bad = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
             if died or bad:
-                _stop(procs)
-                raise LaunchError(_failure(launches, logs, died, bad))
+                time.sleep(2)  # let msrun report the other workers too: the first to die is the cause, not the
+                _stop(procs)   # ones msrun then terminates (SIGTERM)
+                raise LaunchError(_failure(launches, logs, sorted(died, key=lambda d: d[1] == -signal.SIGTERM),
+                                           bad))
             if all(c == 0 for c in codes):
                 return
             time.sleep(poll)

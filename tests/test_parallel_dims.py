@@ -78,7 +78,9 @@ def test_plan_refuses_an_impossible_layout_naming_the_largest_term():
     import subprocess
     import sys
     proc = subprocess.run([sys.executable, "-m", "mindedit", "plan", "--config", "configs/qwen3_30b_a3b_mla.yaml",
-                           "--set", "parallel.pp=1"], cwd=REPO, capture_output=True, text=True)
+                           "--set", "parallel.pp=1",
+                           "--set", "cluster.nodes=[{host: 10.0.0.1, devices: [0,1,2,3,4,5,6,7]}]"],
+                          cwd=REPO, capture_output=True, text=True)
     assert proc.returncode != 0
     assert "stage2 needs" in proc.stderr and "the largest term is activations" in proc.stderr
     # more devices of the same kind make it fit; a smaller device does not
