@@ -215,3 +215,33 @@ def test_a_node_that_never_joins_ends_at_the_cluster_timeout_naming_it(tmp_path)
         del os.environ["MINDEDIT_SSH"]
     assert proc.returncode != 0 and time.time() - t0 < 150
     assert "nodes that never started a worker: 127.0.0.2" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_sigterm_to_the_launcher_stops_every_process_it_started(tmp_path):
+    import signal
+    import time
+    args = [sys.executable, "-m", "mindedit", "train", "--config", DENSE, "--run-dir", str(tmp_path)]
+    for item in [*COMMON, "parallel.dp=2", "stage1.steps=50"]:
+        args += ["--set", item]
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    launcher = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pids = tmp_path / "logs"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(pids.glob("rank_*.pid"))) < 2:
+        assert launcher.poll() is None, launcher.communicate()
+        time.sleep(0.5)
+    workers = [int(p.read_text()) for p in pids.glob("rank_*.pid")]
+    launcher.send_signal(signal.SIGTERM)
+    _, err = launcher.communicate(timeout=60)
+    assert launcher.returncode != 0 and "stopped by signal 15" in err
+
+    def running(pid):
+        try:
+            return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+        except OSError:
+            return False
+    deadline = time.time() + 10  # workers notice their msrun is gone within a second (cluster/worker.py)
+    while time.time() < deadline and any(running(pid) for pid in workers):
+        time.sleep(0.5)
+    alive = [pid for pid in workers if running(pid)]
+    assert not alive, f"workers still running 10 s after the launcher was stopped: {alive}"
