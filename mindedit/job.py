@@ -148,10 +148,10 @@ class Job:
                            s2["feature_weight"], s2["ce_weight"], layout.vocab)
         if layout.dims.pp > 1:
             from mindedit.parallel.pipeline import PipelineStage1Loss, PipelineStage2
-            loss1 = PipelineStage1Loss(self.teacher, self.student, layout.layers, layers, layout.prev, layout.next,
-                                       layout.pp)
+            hidden = self.teacher.config.hidden_size
+            loss1 = PipelineStage1Loss(loss1, layout.layers, layers, layout.prev, layout.next, layout.pp, hidden)
             loss2 = PipelineStage2(loss2, layout.layers, layout.prev, layout.next, layout.pp,
-                                   cfg.parallel["micro_batches"], self.teacher.config.hidden_size)
+                                   cfg.parallel["micro_batches"], hidden)
         stage1 = Stage("stage1", loss1, [f"layer_{i:02d}" for i in range(layers)],
                        [n for n in self.trainable if "self_attn" in n], s1, stage_steps(cfg, "stage1"),
                        self.batches(s1, layout))

@@ -22,15 +22,18 @@ class Stage1Loss(nn.Cell):
         self.teacher_body = teacher.model
         self.student_body = student.model
 
+    def layer_loss(self, i: int, h, y):
+        """Layer i's loss on the teacher's attention input h and output y [B, T, hidden]: the normalised MSE per
+        sequence, then the batch mean (a data-parallel split of the batch averages to the same loss)."""
+        h, y = ops.stop_gradient(h), ops.stop_gradient(y).astype(ms.float32)
+        err = self.student_body.layers[i].self_attn(h).astype(ms.float32) - y
+        return ((err * err).sum((1, 2)) / ((y * y).sum((1, 2)) + 1e-12)).mean()
+
     def construct(self, ids):
         inputs, targets = self.teacher_body.attention_io(ids)
         losses = ()
-        for layer, h, y in zip(self.student_body.layers, inputs, targets):
-            h, y = ops.stop_gradient(h), ops.stop_gradient(y)
-            y = y.astype(ms.float32)
-            err = layer.self_attn(h).astype(ms.float32) - y
-            # per sequence, then the batch mean: a data-parallel split of the batch averages to the same loss
-            losses = losses + (((err * err).sum((1, 2)) / ((y * y).sum((1, 2)) + 1e-12)).mean(),)
+        for i in range(len(inputs)):
+            losses = losses + (self.layer_loss(i, inputs[i], targets[i]),)
         per_layer = ops.stack(losses)
         return per_layer.sum(), per_layer
 

@@ -28,15 +28,10 @@ class Stage2Loss(nn.Cell):
         self.feature_layers = tuple(int(i) for i in feature_layers) if feature_weight > 0 else ()
         self.feature_weight, self.ce_weight = float(feature_weight), float(ce_weight)
 
-    def _features(self, states):
-        return tuple(states[i] for i in self.feature_layers)
-
-    def construct(self, ids):
-        t_hidden, t_states = self.teacher.model.hidden_states(ids)
-        t_logits = ops.stop_gradient(self.teacher.logits(t_hidden))
-        s_hidden, s_states = self.student.model.hidden_states(ids)
-        s_logits = self.student.logits(s_hidden)
+    def output_terms(self, t_logits, s_logits, ids):
+        """(KL at temperature tau, scaled by tau^2; next-token CE of the student) from the logits of one batch."""
         vocab = self.vocab
+        t_logits = ops.stop_gradient(t_logits)
         logp_t = vocab.log_softmax(t_logits / self.tau)
         logp_s = vocab.log_softmax(s_logits / self.tau)
         if self.kl == "forward":
@@ -45,17 +40,24 @@ class Stage2Loss(nn.Cell):
             kl = vocab.sum(mint.exp(logp_s) * (logp_s - logp_t)).mean()
         else:
             kl = 0.5 * vocab.sum((mint.exp(logp_t) - mint.exp(logp_s)).mul(logp_t - logp_s)).mean()
-        kl = kl * (self.tau * self.tau)
-        zero = ops.zeros((), ms.float32)
-        feature, ce = zero, zero
-        if self.feature_layers:
-            for hs, ht in zip(self._features(s_states), self._features(t_states)):
-                ht = ops.stop_gradient(ht).astype(ms.float32)
-                hs = hs.astype(ms.float32)
-                cos = (hs * ht).sum(-1) / (ops.sqrt((hs * hs).sum(-1) * (ht * ht).sum(-1)) + 1e-6)
-                feature = feature + (1.0 - cos).mean()
-            feature = feature / len(self.feature_layers)
+        ce = ops.zeros((), ms.float32)
         if self.ce_weight > 0:
             ce = -vocab.pick(vocab.log_softmax(s_logits[:, :-1]), ids[:, 1:]).mean()
+        return kl * (self.tau * self.tau), ce
+
+    def feature_term(self, hs, ht):
+        """One chosen layer's share of the feature term: mean cosine distance / number of chosen layers."""
+        ht = ops.stop_gradient(ht).astype(ms.float32)
+        hs = hs.astype(ms.float32)
+        cos = (hs * ht).sum(-1) / (ops.sqrt((hs * hs).sum(-1) * (ht * ht).sum(-1)) + 1e-6)
+        return (1.0 - cos).mean() / len(self.feature_layers)
+
+    def construct(self, ids):
+        t_hidden, t_states = self.teacher.model.hidden_states(ids)
+        s_hidden, s_states = self.student.model.hidden_states(ids)
+        kl, ce = self.output_terms(self.teacher.logits(t_hidden), self.student.logits(s_hidden), ids)
+        feature = ops.zeros((), ms.float32)
+        for i in self.feature_layers:
+            feature = feature + self.feature_term(s_states[i], t_states[i])
         total = kl + self.feature_weight * feature + self.ce_weight * ce
         return total, ops.stack((kl, feature, ce))

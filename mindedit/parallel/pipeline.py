@@ -16,7 +16,7 @@ with respect to its parameters and its student input. 1F1B would reorder the sam
 send/recv to avoid deadlock with blocking all-reduce transfers, so it is not offered on this backend.
 """
 import mindspore as ms
-from mindspore import mint, nn, ops
+from mindspore import nn, ops
 
 from mindedit.parallel.comm import Group, ReduceFromGroup
 
@@ -35,24 +35,18 @@ class Transfer(nn.Cell):
         return self.sum(ops.zeros_like(like))
 
 
-def _cos_distance(hs, ht):
-    ht = ops.stop_gradient(ht).astype(ms.float32)
-    hs = hs.astype(ms.float32)
-    return (1.0 - (hs * ht).sum(-1) / (ops.sqrt((hs * hs).sum(-1) * (ht * ht).sum(-1)) + 1e-6)).mean()
-
-
 class PipelineStage1Loss(nn.Cell):
-    """Stage 1 on one pipeline stage: (ids) -> (total over all stages, per-layer losses [L] over all stages)."""
+    """Stage 1 (mindedit.distill.stage1.Stage1Loss, split by layers) on one pipeline stage:
+    (ids) -> (total over all stages, per-layer losses [L] over all stages)."""
 
-    def __init__(self, teacher, student, layers, num_layers: int, prev: Group, nxt: Group, pp: Group):
+    def __init__(self, loss, layers, num_layers: int, prev: Group, nxt: Group, pp: Group, hidden: int):
         super().__init__(auto_prefix=False)
-        self.teacher_body, self.student_body = teacher.model, student.model
+        self.loss, self.teacher_body, self.hidden = loss, loss.teacher_body, hidden
         self.layers, self.num_layers = tuple(layers), num_layers
         self.first, self.last = prev is None, nxt is None
         self.prev = Transfer(prev) if prev is not None else None
         self.next = Transfer(nxt) if nxt is not None else None
         self.pp_sum = ReduceFromGroup(pp)
-        self.hidden = teacher.config.hidden_size
 
     def construct(self, ids):
         b, t = ids.shape
@@ -64,9 +58,7 @@ class PipelineStage1Loss(nn.Cell):
         for i in range(self.num_layers):  # other stages' layers count zero here; the pp sum fills them in
             if i in self.layers:
                 x, h, y = self.teacher_body.layers[i].attention_io(x)
-                h, y = ops.stop_gradient(h), ops.stop_gradient(y).astype(ms.float32)
-                err = self.student_body.layers[i].self_attn(h).astype(ms.float32) - y
-                losses = losses + (((err * err).sum((1, 2)) / ((y * y).sum((1, 2)) + 1e-12)).mean(),)
+                losses = losses + (self.loss.layer_loss(i, h, y),)
             else:
                 losses = losses + (ops.zeros((), ms.float32),)
         per_layer = ops.stack(losses)
@@ -77,16 +69,15 @@ class PipelineStage1Loss(nn.Cell):
 
 
 class _Stage2Piece(nn.Cell):
-    """This stage's share of stage 2: (ids, teacher in, student in, gradient of student out) ->
-    (objective to differentiate, teacher out, student out, [kl, feature, ce] terms of this stage)."""
+    """This stage's share of stage 2 (the terms of mindedit.distill.stage2.Stage2Loss, split by layers):
+    (ids, teacher in, student in, gradient of student out) -> (objective to differentiate, teacher out, student
+    out, [kl, feature, ce] terms of this stage)."""
 
     def __init__(self, loss, layers, first: bool, last: bool):
         super().__init__(auto_prefix=False)
-        self.t, self.s = loss.teacher, loss.student
-        self.vocab, self.kl_kind, self.tau = loss.vocab, loss.kl, loss.tau
+        self.loss, self.t, self.s = loss, loss.teacher, loss.student
         self.layers, self.first, self.last = tuple(layers), first, last
         self.feature_layers = tuple(i for i in loss.feature_layers if i in self.layers)
-        self.n_features = max(1, len(loss.feature_layers))
         self.feature_weight, self.ce_weight = loss.feature_weight, loss.ce_weight
 
     def construct(self, ids, t_x, s_x, ds_out):
@@ -98,23 +89,11 @@ class _Stage2Piece(nn.Cell):
             t_x = self.t.model.layers[i](t_x)
             s_x = self.s.model.layers[i](s_x)
             if i in self.feature_layers:
-                feature = feature + _cos_distance(s_x, t_x) / self.n_features
+                feature = feature + self.loss.feature_term(s_x, t_x)
         objective = self.feature_weight * feature
         if self.last:
-            vocab = self.vocab
-            t_logits = ops.stop_gradient(self.t.logits(self.t.model.norm(t_x)))
-            s_logits = self.s.logits(self.s.model.norm(s_x))
-            logp_t = vocab.log_softmax(t_logits / self.tau)
-            logp_s = vocab.log_softmax(s_logits / self.tau)
-            if self.kl_kind == "forward":
-                kl = vocab.sum(mint.exp(logp_t) * (logp_t - logp_s)).mean()
-            elif self.kl_kind == "reverse":
-                kl = vocab.sum(mint.exp(logp_s) * (logp_s - logp_t)).mean()
-            else:
-                kl = 0.5 * vocab.sum((mint.exp(logp_t) - mint.exp(logp_s)).mul(logp_t - logp_s)).mean()
-            kl = kl * (self.tau * self.tau)
-            if self.ce_weight > 0:
-                ce = -vocab.pick(vocab.log_softmax(s_logits[:, :-1]), ids[:, 1:]).mean()
+            kl, ce = self.loss.output_terms(self.t.logits(self.t.model.norm(t_x)),
+                                            self.s.logits(self.s.model.norm(s_x)), ids)
             objective = objective + kl + self.ce_weight * ce
         else:
             objective = objective + (s_x.astype(ms.float32) * ops.stop_gradient(ds_out)).sum()
