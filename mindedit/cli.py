@@ -66,7 +66,6 @@ def _job(args):
 
 def cmd_run(args):
     from mindedit.eval.report import headline
-    from cluster.msrun import LaunchError
     job = _job(args)
     if args.dry_run:
         try:
@@ -74,10 +73,7 @@ def cmd_run(args):
         except ValueError as e:
             raise SystemExit(f"error: {e}") from None
         return
-    try:
-        report = job.run()
-    except LaunchError as e:
-        raise SystemExit(f"error: {e}") from None
+    report = job.run()
     print(f"\n{job.cfg.name}: {headline(report)}")
     print(f"report: {job.run_dir / 'report.md'}   model: {job.run_dir / 'export'}")
     print(f"dashboard: bash scripts/dashboard.sh {job.run_dir}")
@@ -102,11 +98,7 @@ def cmd_plan(args):
 
 
 def cmd_train(args):
-    from cluster.msrun import LaunchError
-    try:
-        _job(args).train_only()
-    except LaunchError as e:
-        raise SystemExit(f"error: {e}") from None
+    _job(args).train_only()
 
 
 def cmd_worker(args):
@@ -128,6 +120,11 @@ def cmd_eval(args):
         print(f"student from {found[0]}")
     result = job.evaluate("cli", reuse=False)
     print(json.dumps(result))
+
+
+def set_arg(sp):
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key, e.g. --set parallel.tp=2 --set stage1.steps=5 (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,15 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
                                     "does not fit --device-memory.")
     sp.add_argument("--config", required=True, help="job YAML (configs/*.yaml)")
     sp.add_argument("--device-memory", default="64GiB", help="memory of one device (default 64GiB: Ascend 910B)")
-    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config key, e.g. --set parallel.tp=4 (repeatable)")
+    set_arg(sp)
     sp.set_defaults(func=cmd_plan)
 
     def job_args(sp):
         sp.add_argument("--config", required=True, help="job YAML (configs/*.yaml)")
         sp.add_argument("--run-dir", help="run directory (default runs/<name>)")
-        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set parallel.tp=2 --set stage1.steps=5 (repeatable)")
+        set_arg(sp)
 
     sp = sub.add_parser("run", help="the whole conversion job: data, stage 1, stage 2, eval, report, export",
                         description="Runs a job config end to end into runs/<name>/ (metrics.jsonl, summary/ for "
@@ -229,7 +224,11 @@ def main(argv=None):
     for key in ("seq_len", "max_new_tokens"):
         if getattr(args, key, 1) is not None and getattr(args, key, 1) < 1:
             raise SystemExit(f"error: --{key.replace('_', '-')} must be >= 1")
-    args.func(args)
+    from cluster.msrun import LaunchError
+    try:
+        args.func(args)
+    except LaunchError as e:  # a sharded job failed: the message names the rank, its node and its log
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":
