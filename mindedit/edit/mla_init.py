@@ -34,11 +34,19 @@ def lstsq(xa, y):
     return np.linalg.solve(g, xa.T @ y)
 
 
+def fixed_signs(vectors):
+    """The columns of ``vectors`` (singular or eigen vectors) each flipped so that its largest entry is positive.
+    LAPACK may return either sign, and which one depends on the thread count, so without this the same job made
+    differently signed (equivalent) students in one process and in a sharded run."""
+    top = np.argmax(np.abs(vectors), axis=0)
+    return vectors * np.where(vectors[top, np.arange(vectors.shape[1])] < 0, -1.0, 1.0)
+
+
 def reduced_rank(xa, w, rank):
     """Factor the linear map xa -> xa w through ``rank`` dims, optimal on the calibration set:
     returns down [in+1, rank] and up [rank, out] with xa w ~ (xa down) up."""
     _, _, vt = np.linalg.svd(xa @ w, full_matrices=False)
-    v = vt[:rank].T
+    v = fixed_signs(vt[:rank].T)
     if v.shape[1] < rank:  # fewer outputs than rank: pad with zero directions
         v = np.pad(v, ((0, 0), (0, rank - v.shape[1])))
     return w @ v, v.T
@@ -78,6 +86,7 @@ def select_channels(q, k, group: int, n_channels: int, strategy: str):
         else:
             cov = np.einsum("tjc,tic->ji", kf, kf) / n
             lam, vec = np.linalg.eigh(cov)
+            vec = fixed_signs(vec)
             basis = [(vec[:, m], np.sqrt(max(lam[m], 0.0))) for m in range(hk)]
         for u, k_size in basis:
             q_size = sum(abs(u[hh // group]) * qn[f, hh] for hh in range(h))

@@ -103,7 +103,12 @@ class _Stage2Piece(nn.Cell):
 class PipelineStage2:
     """GPipe stage 2 for one rank. ``micro_step(ids)`` (the trainer's hook) runs every micro-batch's forward and
     backward through the pipeline, adds this rank's gradients to ``accumulate`` (the optimizer reduces them across
-    ranks after the schedule, so no gradient collective interleaves with the transfers) and returns (loss, aux)."""
+    ranks after the schedule, so no gradient collective interleaves with the transfers) and returns (loss, aux).
+
+    Every transfer happens inside a compiled graph, one message per micro-batch and direction (teacher and student
+    states travel stacked as one [2, rows, T, hidden] tensor), so no collective runs eagerly: with eager
+    transfers a fresh machine failed the first backward compile with "Resolve class Parameter error: cannot find
+    name attr for obj" (docs/environment.md, issue 12)."""
 
     def __init__(self, loss, layers, prev: Group, nxt: Group, pp: Group, micro_batches: int, hidden: int):
         self.piece = _Stage2Piece(loss, layers, prev is None, nxt is None)
@@ -113,26 +118,38 @@ class PipelineStage2:
         self.m, self.hidden = micro_batches, hidden
 
     def bind(self, params, accumulate):
-        """Compiles this rank's forward and backward for the trainer's parameters."""
-        piece = self.piece
-        first = self.prev is None
+        """Compiles this rank's forward, backward and the final sum of the loss terms over the stages."""
+        piece, prev, nxt, pp_sum = self.piece, self.prev, self.next, self.pp_sum
+        first, last = prev is None, nxt is None
         grad_fn = ms.value_and_grad(piece, grad_position=None if first else 2, weights=params, has_aux=True)
 
         @ms.jit
-        def forward(ids, t_x, s_x, ds):
-            return piece(ids, t_x, s_x, ds)[1:]
+        def forward(ids, zeros):
+            """zeros [2, rows, T, hidden] -> (teacher and student inputs received, what was sent on)."""
+            x = zeros if first else prev.recv(zeros)
+            _, t_out, s_out, _ = piece(ids, x[0], x[1], zeros[0])
+            out = ops.stack((t_out.astype(ms.float32), s_out.astype(ms.float32)))
+            return x, (out if last else nxt.send(out))
 
         @ms.jit
-        def backward(ids, t_x, s_x, ds_out, scale):
-            (_, _, _, terms), grads = grad_fn(ids, t_x, s_x, ds_out)
+        def backward(ids, x, zeros, scale):
+            """Recomputes this stage's forward on its saved inputs x and differentiates it; sends the gradient of
+            the student input back. Returns this stage's [kl, feature, ce]."""
+            ds_out = zeros if last else nxt.recv(zeros)
+            (_, _, _, terms), grads = grad_fn(ids, x[0], x[1], ds_out)
             if first:
-                param_grads, ds_in = grads, s_x
+                param_grads = grads
             else:
                 ds_in, param_grads = grads
+                terms = ops.depend(terms, prev.send(ds_in.astype(ms.float32)))
             accumulate(tuple(g * scale for g in param_grads))
-            return ds_in, terms
+            return terms
 
-        self._forward, self._backward = forward, backward
+        @ms.jit
+        def over_stages(aux):
+            return pp_sum(aux)
+
+        self._forward, self._backward, self._over_stages = forward, backward, over_stages
         return self
 
     def micro_step(self, ids):
@@ -140,26 +157,15 @@ class PipelineStage2:
         if b % self.m:
             raise ValueError(f"pipeline: {b} sequences per rank cannot be cut into parallel.micro_batches={self.m}")
         rows = b // self.m
-        shape = (rows, t, self.hidden)
-        zeros = ops.zeros(shape, ms.float32)
+        zeros = ops.zeros((2, rows, t, self.hidden), ms.float32)
         saved = []
         for k in range(self.m):  # forwards
             mb = ids[k * rows:(k + 1) * rows]
-            t_x = self.prev.recv(zeros) if self.prev else zeros
-            s_x = self.prev.recv(zeros) if self.prev else zeros
-            t_out, s_out, _ = self._forward(mb, t_x, s_x, zeros)
-            if self.next:
-                self.next.send(t_out.astype(ms.float32))
-                self.next.send(s_out.astype(ms.float32))
-            saved.append((mb, t_x, s_x))
+            x, _ = self._forward(mb, zeros)
+            saved.append((mb, x))
         scale = ms.Tensor(1.0 / self.m, ms.float32)
         aux = ops.zeros((3,), ms.float32)
-        for k in reversed(range(self.m)):  # backwards
-            mb, t_x, s_x = saved[k]
-            ds_out = self.next.recv(zeros) if self.next else zeros
-            ds_in, terms = self._backward(mb, t_x, s_x, ds_out, scale)
-            if self.prev:
-                self.prev.send(ds_in.astype(ms.float32))
-            aux = aux + terms / self.m
-        aux = self.pp_sum(aux)
+        for mb, x in reversed(saved):  # backwards
+            aux = aux + self._backward(mb, x, zeros[0], scale) / self.m
+        aux = self._over_stages(aux)
         return aux[0] + self.piece.feature_weight * aux[1] + self.piece.ce_weight * aux[2], aux
