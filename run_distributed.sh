@@ -6,7 +6,7 @@
 #                                               its parallel: section (dp x tp x pp ranks) starts workers via msrun
 #   ... --set KEY=VALUE                         override any config key, e.g. --set parallel.tp=2 --set stage1.steps=5
 #   ... --dry-run                               print per node the command, environment, logs; rank table; memory plan
-# Multi-node launching (rank tables, msrun per node over ssh) is an open issue (6); until then one machine.
+# The cluster: section (nodes, devices, launcher msrun | rank_table) spreads the ranks over several servers (ssh).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 config="$root/configs/smollm2_135m_gateswa.yaml"

@@ -23,6 +23,7 @@ from mindedit.edit import GateSWAConfig, MLAConfig, edit_model
 from mindedit.edit.surgery import attention_inputs
 from mindedit.eval.compare import compare
 from mindedit.eval.kv import kv_report
+from mindedit.losses import layer_error
 from mindedit.models import from_pretrained
 
 CALIBRATION_FILES = ["2012_barack_obama_d.txt", "2013_barack_obama_d.txt", "2014_barack_obama_d.txt",
@@ -41,12 +42,12 @@ def variants():
 
 
 def layer_errors(teacher, student, acts):
-    """Relative error of each student attention vs the teacher's, on the teacher's inputs at that layer."""
+    """Relative error ||s - y|| / ||y|| of each student attention vs the teacher's, on the teacher's inputs at that
+    layer: the square root of mindedit.losses.layer_error (stage 1's loss)."""
     errs = []
     for t_layer, s_layer, x in zip(teacher.model.layers, student.model.layers, acts):
         xt = ms.Tensor(x[None].astype(np.float32))
-        a, b = t_layer.self_attn(xt).asnumpy(), s_layer.self_attn(xt).asnumpy()
-        errs.append(float(np.linalg.norm(b - a) / np.linalg.norm(a)))
+        errs.append(float(np.sqrt(layer_error(s_layer.self_attn(xt), t_layer.self_attn(xt)).asnumpy())))
     return errs
 
 

@@ -1,2 +1,3 @@
-"""Launching mindedit jobs: msrun per node (here: the local node), worker entry point, failure reporting.
-Rank tables and multi-node fan-out are issue 6."""
+"""Launching a command on every rank of a cluster: the cluster config, HCCL rank tables, one msrun (or rank-table
+agent) per node over ssh, watching every node and stopping all of them when one rank fails. A leaf: it takes the
+worker's argv, the hosts and the environment, and knows nothing of what the workers run."""

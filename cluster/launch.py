@@ -7,7 +7,7 @@ for ``ssh`` (the remote-execution seam: tests run "remote" nodes on this machine
 
 Per node:
     msrun       one ``msrun --node_rank i --local_worker_num n ...`` (msrun starts the n workers)
-    rank_table  ``python cluster/node.py`` with the HCCL rank table: one worker per device with RANK_TABLE_FILE,
+    rank_table  ``python -m cluster.node`` with the HCCL rank table: one worker per device with RANK_TABLE_FILE,
                 RANK_ID, DEVICE_ID, RANK_SIZE (Ascend only: mccl on CPU cannot initialise from a rank table)
 
 Watching: rank 0's log is tailed to this terminal; when any node's process exits non-zero, every other node's
@@ -30,7 +30,6 @@ from cluster.config import Cluster
 from cluster.msrun import LaunchError, failed_ranks, free_port, msrun_command, tail
 
 REPO = Path(__file__).resolve().parents[1]
-NODE_AGENT = Path(__file__).resolve().parent / "node.py"
 
 
 @dataclass
@@ -57,20 +56,21 @@ class NodeLaunch:
         return [*self.ssh, line]
 
 
-def plan_nodes(cluster: Cluster, worker_args: list, run_dir: Path, rank_table_path: Path = None) -> list:
-    """One NodeLaunch per node (ports resolved, logs under run_dir/logs[/node<i>])."""
+def plan_nodes(cluster: Cluster, worker_argv: list, run_dir: Path, rank_table_path: Path = None) -> list:
+    """One NodeLaunch per node (ports resolved, logs under run_dir/logs[/node<i>]); ``worker_argv`` is the command
+    every rank runs."""
     port = cluster.master_port or free_port()
     out = []
     for i, node in enumerate(cluster.nodes):
         log_dir = Path(run_dir) / "logs" / (f"node{i}" if len(cluster.nodes) > 1 else "")
         env = dict(cluster.env, GLOG_v=cluster.env.get("GLOG_v", "3"))
         if cluster.launcher == "msrun":
-            argv = msrun_command(worker_args, cluster.world, log_dir, port, local_workers=len(node.devices),
+            argv = msrun_command(worker_argv, cluster.world, log_dir, port, local_workers=len(node.devices),
                                  master_addr=cluster.master_host, node_rank=i,
                                  cluster_timeout=cluster.cluster_time_out)
         else:
-            argv = [sys.executable, str(NODE_AGENT), "--rank-table", str(rank_table_path), "--node", str(i),
-                    "--log-dir", str(log_dir), "--", *map(str, worker_args)]
+            argv = [sys.executable, "-m", "cluster.node", "--rank-table", str(rank_table_path), "--node", str(i),
+                    "--log-dir", str(log_dir), "--", *map(str, worker_argv)]
         ssh = None
         if node.host != cluster.master_host:
             target = f"{cluster.ssh_user}@{node.host}" if cluster.ssh_user else node.host
@@ -104,7 +104,8 @@ def describe(launches: list) -> str:
     return "\n".join(lines)
 
 
-def _stop(procs, grace: float = 10.0):
+def stop_all(procs, grace: float = 10.0):
+    """SIGTERM to each running process's group, SIGKILL after ``grace`` seconds; waits for all of them."""
     for p in procs:
         if p.poll() is None:
             try:
@@ -173,13 +174,13 @@ def run_nodes(launches: list, run_dir: Path, log=print, poll: float = 0.5):
                 log(f"launch: {len(joined)}/{len(launches)} nodes running workers"
                     + (f"; waiting for {', '.join(waiting)}" if waiting else ""))
             if stopping:
-                _stop(procs)
+                stop_all(procs)
                 raise LaunchError(f"stopped by signal {stopping[0]}: terminated every node's processes")
             codes = [p.poll() for p in procs]
             bad = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
             if died or bad:
                 time.sleep(2)  # let msrun report the other workers too: the first to die is the cause, not the
-                _stop(procs)   # ones msrun then terminates (SIGTERM)
+                stop_all(procs)  # ones msrun then terminates (SIGTERM)
                 raise LaunchError(_failure(launches, logs, sorted(died, key=lambda d: d[1] == -signal.SIGTERM),
                                            bad))
             if all(c == 0 for c in codes):

@@ -1,14 +1,12 @@
 """The ``msrun`` command of one node, and reading its per-rank logs after a failure.
 
-The command is an argument list (never a shell string); msrun starts the workers with the ``python`` on PATH,
-so the launcher puts the running interpreter's directory first (cluster/launch.py).
+The command is an argument list (never a shell string). ``worker_argv`` is the whole command every rank runs
+(e.g. ``python -m mindedit worker ...``: msrun takes "python" as the interpreter and runs the rest with it, the
+``python`` found on PATH, so the launcher puts the running interpreter's directory first: cluster/launch.py).
 """
 import re
 import socket
 from pathlib import Path
-
-WORKER = Path(__file__).resolve().parent / "worker.py"
-
 
 class LaunchError(RuntimeError):
     pass
@@ -20,12 +18,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def msrun_command(worker_args, workers: int, log_dir, master_port: int, local_workers: int = None,
+def msrun_command(worker_argv, workers: int, log_dir, master_port: int, local_workers: int = None,
                   master_addr: str = "127.0.0.1", node_rank: int = 0, cluster_timeout: int = 60) -> list:
     return ["msrun", f"--worker_num={workers}", f"--local_worker_num={local_workers or workers}",
             f"--master_addr={master_addr}", f"--master_port={master_port}", f"--node_rank={node_rank}",
             f"--log_dir={log_dir}", "--join=True", f"--cluster_time_out={cluster_timeout}", "--tail_worker_log=0",
-            str(WORKER), *map(str, worker_args)]
+            *map(str, worker_argv)]
 
 
 def tail(text: str, lines: int = 12) -> str:

@@ -42,84 +42,75 @@ def cmd_generate(args):
 
 
 def cmd_kv_report(args):
-    from mindedit.config import JobConfigError, load_job_config
+    from mindedit.config import load_job_config
     from mindedit.eval.kv import format_table, kv_report
-    try:
-        job = load_job_config(args.config)
-        shapes = job.model_shapes()
-    except (JobConfigError, OSError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
-    report = kv_report(shapes, job.target, args.context or job.contexts, job.kv_dtype_bytes)
-    print(f"{job.name}: {job.target.kind} student vs {shapes.model_type} teacher, KV dtype {job.kv_dtype}")
+    cfg = load_job_config(args.config)
+    shapes = cfg.model_shapes()
+    report = kv_report(shapes, cfg.target, args.context or cfg.contexts, cfg.kv_dtype_bytes)
+    print(f"{cfg.name}: {cfg.target.kind} student vs {shapes.model_type} teacher, KV dtype {cfg.kv_dtype}")
     print(format_table(report))
     print(json.dumps(report))
 
 
 def _job(args):
-    from mindedit.config import JobConfigError, load_job_config
-    from mindedit.job import Job
-    try:
-        return Job(load_job_config(args.config, args.set), args.run_dir)
-    except (JobConfigError, OSError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
+    """(config, run directory) of a job command."""
+    from pathlib import Path
+    from mindedit.config import load_job_config
+    from mindedit.errors import MindeditError
+    cfg = load_job_config(args.config, args.set)
+    if cfg.data is None:
+        raise MindeditError(f"{cfg.source}: data: required for a training job (train and eval text files)")
+    return cfg, Path(args.run_dir or Path("runs") / cfg.name)
 
 
 def cmd_run(args):
+    from mindedit import job, launch
     from mindedit.eval.report import headline
-    job = _job(args)
+    cfg, run_dir = _job(args)
     if args.dry_run:
-        try:
-            print(job.dry_run())
-        except ValueError as e:
-            raise SystemExit(f"error: {e}") from None
+        print(launch.dry_run(cfg, run_dir))
         return
-    report = job.run()
-    print(f"\n{job.cfg.name}: {headline(report)}")
-    print(f"report: {job.run_dir / 'report.md'}   model: {job.run_dir / 'export'}")
-    print(f"dashboard: bash scripts/dashboard.sh {job.run_dir}")
+    report = job.run(cfg, run_dir)
+    print(f"\n{cfg.name}: {headline(report)}")
+    print(f"report: {run_dir / 'report.md'}   model: {run_dir / 'export'}")
+    print(f"dashboard: bash scripts/dashboard.sh {run_dir}")
 
 
 def cmd_plan(args):
-    from mindedit.config import JobConfigError, load_job_config
+    from mindedit.config import load_job_config
     from mindedit.parallel.plan import estimate, format_plan, parse_bytes
-    try:
-        job = load_job_config(args.config, args.set)
-        plan = estimate(job, parse_bytes(args.device_memory))
-    except (JobConfigError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
-    print(format_plan(job, plan))
+    cfg = load_job_config(args.config, args.set)
+    plan = estimate(cfg, parse_bytes(args.device_memory))
+    print(format_plan(cfg, plan))
     print(json.dumps(plan))
     bad = [(name, s) for name, s in plan["stages"].items() if not s["fits"]]
     if bad:
         name, s = bad[0]
-        raise SystemExit(f"error: {job.name}: {name} needs {s['total'] / 2 ** 30:.1f} GiB per device with "
+        raise SystemExit(f"error: {cfg.name}: {name} needs {s['total'] / 2 ** 30:.1f} GiB per device with "
                          f"{plan['layout']}, more than --device-memory {args.device_memory}; the largest term is "
                          f"{s['largest']} ({s['terms'][s['largest']] / 2 ** 30:.1f} GiB)")
 
 
 def cmd_train(args):
-    _job(args).train_only()
+    from mindedit import job
+    job.train_only(*_job(args))
 
 
 def cmd_worker(args):
-    _job(args).train_worker()
+    from mindedit import job
+    from mindedit.launch import exit_with_parent
+    exit_with_parent()
+    job.worker(*_job(args))
 
 
 def cmd_prepare_data(args):
-    _job(args).prepare_data()
+    from mindedit import job
+    job.prepare_data(*_job(args))
 
 
 def cmd_eval(args):
-    job = _job(args)
-    job.prepare_data()
-    job.build_models()
-    from mindedit.io import checkpoint
-    found = checkpoint.latest(job.run_dir / "checkpoints")
-    if found:
-        checkpoint.load(found[0], job.weights, {})
-        print(f"student from {found[0]}")
-    result = job.evaluate("cli", reuse=False)
-    print(json.dumps(result))
+    from mindedit import job
+    print(json.dumps(job.evaluate_checkpoint(*_job(args))))
 
 
 def set_arg(sp):
@@ -224,10 +215,14 @@ def main(argv=None):
     for key in ("seq_len", "max_new_tokens"):
         if getattr(args, key, 1) is not None and getattr(args, key, 1) < 1:
             raise SystemExit(f"error: --{key.replace('_', '-')} must be >= 1")
+    from cluster.config import ClusterError
     from cluster.msrun import LaunchError
+    from mindedit.errors import MindeditError
     try:
         args.func(args)
-    except LaunchError as e:  # a sharded job failed: the message names the rank, its node and its log
+    except (MindeditError, ClusterError, FileNotFoundError, LaunchError) as e:
+        # bad input (the message names the file, key or value) or a failed sharded job (it names the rank, its node
+        # and its log)
         raise SystemExit(f"error: {e}") from None
 
 

@@ -21,7 +21,8 @@ from typing import Optional
 
 import yaml
 
-from mindedit.edit.config import TargetError, target_from_dict
+from mindedit.edit.config import target_from_dict
+from mindedit.errors import MindeditError
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 ASSETS = {"smollm2-135m": "smollm2_gguf", "tiny-qwen3": "tiny_qwen3", "tiny-qwen3-moe": "tiny_qwen3_moe"}
@@ -81,7 +82,7 @@ def section(raw, name: str, where: str) -> dict:
     return out
 
 
-class JobConfigError(ValueError):
+class JobConfigError(MindeditError):
     pass
 
 
@@ -195,11 +196,8 @@ def load_job_config(path, overrides=()) -> JobConfig:
             raise JobConfigError(f"{path}: {key}={value!r}: expected one of {sorted(DTYPE_BYTES)}")
     if "target" not in raw or not isinstance(raw["target"], dict):
         raise JobConfigError(f"{path}: target: expected a mapping with kind: mla | gateswa")
-    try:
-        cfg.target = target_from_dict(raw["target"], where=f"{path}: target")
-        cfg.target.resolve(cfg.model_shapes(), where=f"{path}: target")
-    except TargetError as e:
-        raise JobConfigError(str(e)) from None
+    cfg.target = target_from_dict(raw["target"], where=f"{path}: target")
+    cfg.target.resolve(cfg.model_shapes(), where=f"{path}: target")
     cfg.eval = section(raw.get("eval"), "eval", src)
     contexts = cfg.eval["contexts"]
     if not all(isinstance(c, int) and c > 0 for c in contexts):
@@ -230,11 +228,7 @@ def load_job_config(path, overrides=()) -> JobConfig:
     for key in ("dp", "tp", "pp", "ep", "micro_batches"):
         if cfg.parallel[key] < 1:
             raise JobConfigError(f"{path}: parallel.{key}={cfg.parallel[key]}: expected at least 1")
-    from mindedit.parallel import ParallelError
-    try:
-        cfg.dims.validate(cfg.model_shapes(), where=f"{path}: parallel")
-    except ParallelError as e:
-        raise JobConfigError(str(e)) from None
+    cfg.dims.validate(cfg.model_shapes(), where=f"{path}: parallel")
     dp = cfg.parallel["dp"]
     if train["batch_size"] % dp:
         raise JobConfigError(f"{path}: train.batch_size={train['batch_size']}: the global batch must divide evenly "
@@ -250,7 +244,7 @@ def load_job_config(path, overrides=()) -> JobConfig:
     from cluster.config import ClusterError, parse_cluster
     try:
         cfg.cluster = parse_cluster(raw.get("cluster"), cfg.dims.world, str(path))
-    except ClusterError as e:
+    except ClusterError as e:  # cluster/ is a leaf with its own errors
         raise JobConfigError(str(e)) from None
     cfg.raw, cfg.overrides = raw, list(overrides or ())
     return cfg

@@ -54,6 +54,9 @@ def test_lr_schedule():
     assert lr_at(2, 10, 1.0, 2) == pytest.approx(1.0) and lr_at(10, 10, 1.0, 2) == pytest.approx(0.1)
     assert lr_at(6, 10, 1.0, 2, "linear") == pytest.approx(0.1 + 0.9 * 0.5)
     assert lr_at(6, 10, 1.0, 2, "cosine") == pytest.approx(0.1 + 0.9 * 0.5)  # the cosine midpoint
+    # off the midpoint the cosine is not the line: a quarter of the way, 0.1 + 0.9 * (1 + cos(pi / 4)) / 2
+    assert lr_at(4, 10, 1.0, 2, "cosine") == pytest.approx(0.1 + 0.9 * (1 + np.cos(np.pi / 4)) / 2)
+    assert lr_at(4, 10, 1.0, 2, "linear") == pytest.approx(0.1 + 0.9 * 0.75)
     assert lr_at(7, 10, 1.0, 2, "constant") == 1.0
 
 

@@ -10,10 +10,11 @@ from mindedit.models import from_pretrained
 def test_cached_decode_equals_recomputation(hf_models, arch, rng):
     model = from_pretrained(hf_models[arch][1])
     prompt = rng.integers(0, 256, (2, 11))
-    cached = greedy_generate(model, prompt, 14)
-    full = greedy_generate(model, prompt, 14, use_cache=False)
-    assert cached["tokens"].shape == (2, 14)
+    cached = greedy_generate(model, prompt, 14, keep_logits=True)
+    full = greedy_generate(model, prompt, 14, use_cache=False, keep_logits=True)
+    assert cached["tokens"].shape == (2, 14) and cached["logits"].shape == (2, 14, model.config.vocab_size)
     np.testing.assert_array_equal(cached["tokens"], full["tokens"])
+    np.testing.assert_allclose(cached["logits"], full["logits"], rtol=0, atol=1e-4)
     # fixed capacity: prompt + new tokens rounded up to 64 slots, k and v, fp32
     cfg = model.config
     assert cached["cache_bytes"] == cfg.num_hidden_layers * 2 * 2 * cfg.num_key_value_heads * 64 * cfg.head_dim * 4

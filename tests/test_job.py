@@ -88,14 +88,41 @@ def test_sigkill_mid_stage_resumes_to_identical_losses_and_weights(finished_run,
     kill_at(run_dir, 12)    # stage 2 step 4 of the resumed run: newest is stage2 step 3
     out = finish(job(run_dir))
     assert "resuming from" in out and "stage1: already finished" in out
+    assert_identical_runs(reference, run_dir)
+
+
+def assert_identical_runs(reference: Path, run_dir: Path):
+    """Bit-exact: the same per-step losses and the same exported weights, to the last bit."""
     expected, got = losses(reference), losses(run_dir)
-    assert got.keys() == expected.keys()
-    for step in expected:
-        assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-9), step
+    assert got == expected
     a, b = load_file(str(reference / "export/model.safetensors")), load_file(str(run_dir / "export/model.safetensors"))
     assert a.keys() == b.keys()
     for name in a:
-        np.testing.assert_allclose(b[name], a[name], rtol=1e-6, atol=1e-8, err_msg=name)
+        np.testing.assert_array_equal(b[name], a[name], err_msg=name)
+
+
+def corrupt(ckpt: Path):
+    weights = ckpt / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])  # truncated, as by a crash mid-write of a copy
+
+
+def test_a_corrupt_newest_checkpoint_resumes_from_the_one_before_and_all_corrupt_starts_over(finished_run, tmp_path):
+    reference, _ = finished_run
+    run_dir = tmp_path / "run"
+    kill_at(run_dir, 7)     # stage 1 step 7: checkpoints stage1 steps 3 and 6
+    ckpts = sorted((run_dir / "checkpoints").glob("stage*"))
+    assert [c.name for c in ckpts] == ["stage1-000003", "stage1-000006"]
+    corrupt(ckpts[-1])
+    out = finish(job(run_dir))
+    assert "warning: skipping checkpoint" in out and "stage1-000006" in out
+    assert "resuming from" in out and "stage1-000003" in out
+    assert_identical_runs(reference, run_dir)
+    again = tmp_path / "again"
+    kill_at(again, 4)       # only stage1 step 3 exists
+    corrupt(again / "checkpoints" / "stage1-000003")
+    out = finish(job(again))
+    assert "no valid checkpoint" in out and "training starts over" in out and "resuming from" not in out
+    assert_identical_runs(reference, again)
 
 
 def test_dashboard_serves_every_logged_step_and_renders_in_chromium(finished_run, tmp_path):

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from mindedit.attention import cache_nbytes
-from mindedit.config import JobConfigError, load_job_config
+from mindedit.config import load_job_config
+from mindedit.errors import MindeditError
 from mindedit.edit import GateSWAConfig, MLAConfig, edit_model
 from mindedit.eval.kv import kv_report
 from mindedit.models import from_pretrained
@@ -68,13 +69,13 @@ def test_report_matches_allocated_caches(hf_models, rng):
 def test_bad_job_config_is_named(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text((CONFIGS / "qwen3_8b_mla.yaml").read_text().replace("kv_lora_rank: 512", "kv_lora_rank: 99999"))
-    with pytest.raises(JobConfigError, match=r"bad\.yaml: target\.kv_lora_rank=99999"):
+    with pytest.raises(MindeditError, match=r"bad\.yaml: target\.kv_lora_rank=99999"):
         load_job_config(bad)
     bad.write_text("model: {path: x}\ntarget: {kind: mla}\nstage9: {}\n")
-    with pytest.raises(JobConfigError, match=r"bad\.yaml: unknown section 'stage9'"):
+    with pytest.raises(MindeditError, match=r"bad\.yaml: unknown section 'stage9'"):
         load_job_config(bad)
     bad.write_text("model: [1, 2\n")
-    with pytest.raises(JobConfigError, match="not valid YAML"):
+    with pytest.raises(MindeditError, match="not valid YAML"):
         load_job_config(bad)
 
 
@@ -106,7 +107,7 @@ def test_bad_training_sections_are_named(tmp_path, change, message):
     raw.update(change)
     bad = tmp_path / "job.yaml"
     bad.write_text(yaml.safe_dump(raw))
-    with pytest.raises(JobConfigError, match=r"job\.yaml: " + message):
+    with pytest.raises(MindeditError, match=r"job\.yaml: " + message):
         load_job_config(bad)
 
 
@@ -128,5 +129,5 @@ def test_set_overrides_any_key_and_names_bad_ones():
     for item, message in (("parallel.tp", "expected KEY.PATH=VALUE"), ("fast.lr=1", "unknown section 'fast'"),
                           ("name.x=1", "name is not a mapping"), ("parallel.tp=[1", "the value is not valid YAML"),
                           ("parallel.tp=3", r"parallel\.tp=3: does not divide num_attention_heads=4")):
-        with pytest.raises(JobConfigError, match=message):
+        with pytest.raises(MindeditError, match=message):
             load_job_config(CONFIGS / "tiny_gateswa.yaml", [item])

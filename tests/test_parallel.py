@@ -52,13 +52,40 @@ def reference(tmp_path_factory):
         if config not in cache:
             run = tmp_path_factory.mktemp("single")
             mindedit("train", config, run)
-            cache[config] = (losses(run), final_weights(run))
+            cache[config] = (losses(run), final_weights(run), rank_summaries(run)[0])
         return cache[config]
     return get
 
 
+def rank_summaries(run_dir) -> list:
+    return [json.loads(p.read_text()) for p in sorted((Path(run_dir) / "logs").glob("rank_*.json"),
+                                                        key=lambda p: int(p.stem.split("_")[1]))]
+
+
+def assert_really_sharded(run_dir, single: dict, sets):
+    """Each rank holds only its pieces (logs/rank_<r>.json): a "sharded" run that secretly replicates must fail."""
+    degree = {k: 1 for k in ("dp", "tp", "pp", "ep")}
+    degree.update({s.split("=")[0].split(".")[1]: int(s.split("=")[1]) for s in sets if s.startswith("parallel.")})
+    ranks = rank_summaries(run_dir)
+    assert len(ranks) == degree["dp"] * degree["tp"] * degree["pp"]
+    all_layers = single["layers"]
+    for r in ranks:
+        if degree["pp"] > 1:
+            assert 0 < len(r["layers"]) < len(all_layers), r
+        else:
+            assert r["layers"] == all_layers, r
+        held, whole = r["teacher_param_bytes"], single["teacher_param_bytes"]
+        if degree["tp"] > 1:  # heads, MLP columns and the (dominant) vocabulary split
+            assert held < 0.8 * whole, (r, single)
+        elif degree["pp"] * degree["ep"] > 1:  # layers or experts split
+            assert held < whole, (r, single)
+        else:
+            assert held == whole, (r, single)
+    assert sorted(i for r in ranks if r["tp"] == 0 and r["dp"] == 0 for i in r["layers"]) == all_layers
+
+
 def assert_same_run(run_dir, ref):
-    ref_losses, ref_weights = ref
+    ref_losses, ref_weights, _ = ref
     got = losses(run_dir)
     assert [g[:2] for g in got] == [r[:2] for r in ref_losses] and len(got) == 10
     for (stage, step, a), (_, _, b) in zip(got, ref_losses):
@@ -84,6 +111,7 @@ def assert_same_run(run_dir, ref):
 def test_sharded_training_matches_single_process(reference, tmp_path, config, sets):
     mindedit("train", config, tmp_path, sets)
     assert_same_run(tmp_path, reference(config))
+    assert_really_sharded(tmp_path, reference(config)[2], sets)
     assert (tmp_path / "logs" / "worker_0.log").is_file()
 
 
@@ -240,7 +268,7 @@ def test_sigterm_to_the_launcher_stops_every_process_it_started(tmp_path):
             return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
         except OSError:
             return False
-    deadline = time.time() + 10  # workers notice their msrun is gone within a second (cluster/worker.py)
+    deadline = time.time() + 10  # workers die with their msrun (mindedit.launch.exit_with_parent)
     while time.time() < deadline and any(running(pid) for pid in workers):
         time.sleep(0.5)
     alive = [pid for pid in workers if running(pid)]

@@ -17,7 +17,7 @@ import mindspore as ms
 from mindspore import Parameter, mint, ops
 
 from ascend_ops import FusedAttention
-from mindedit.attention.caches import kv_cache, write_slots
+from mindedit.attention.caches import write_slots
 from mindedit.attention.gqa import GQAAttention
 from mindedit.layers import linear
 
@@ -39,6 +39,10 @@ def ring_sources(capacity: int, sink_tokens: int, window: int, pos, length: int)
 
 
 class GateSWAAttention(GQAAttention):
+    # the source's plan, plus the output gate (by head: elementwise or head-wise rows) and the sink logit (a
+    # parameter per head: "param:heads" slices it)
+    TP_PLAN = dict(GQAAttention.TP_PLAN, gate_proj="colwise:heads", sinks="param:heads")
+
     def __init__(self, cfg, window: int, sink_tokens: int = 0, sink_logit: bool = False, gate: str = "elementwise",
                  dtype=ms.float32):
         """window 0 means full attention (a gated F layer); gate is 'elementwise', 'headwise' or 'none'."""
@@ -57,16 +61,14 @@ class GateSWAAttention(GQAAttention):
     def capacity(self):
         return self.sink_tokens + self.window
 
-    def init_cache(self, batch: int, capacity: int, full: bool = False):
+    def cache_slots(self, capacity: int, full: bool = False) -> int:
         """A ring of exactly sink_tokens + window slots, or fewer when ``capacity`` is smaller (then positions never
         wrap); a full cache when asked (chunked prefill) or for a full-attention layer. construct() tells them
         apart by size: a ring has exactly sink_tokens + window slots, so a full cache of that capacity gets one
         spare slot."""
         if full or not self.window:
-            slots = capacity + int(bool(self.window) and capacity == self.capacity)
-        else:
-            slots = min(self.capacity, capacity)
-        return kv_cache(batch, self.num_kv_heads, slots, self.head_dim, self.head_dim, self.dtype)
+            return capacity + int(bool(self.window) and capacity == self.capacity)
+        return min(self.capacity, capacity)
 
     def gated(self, x, o):
         """o [B, H, T, D] times the gate computed from the layer input x [B, T, hidden]."""
@@ -74,7 +76,7 @@ class GateSWAAttention(GQAAttention):
             return o
         b, t, _ = x.shape
         g = 2.0 * mint.sigmoid(self.gate_proj(x))
-        g = g.reshape(b, t, self.num_heads, -1).transpose(0, 2, 1, 3)
+        g = g.reshape(b, t, o.shape[1], -1).transpose(0, 2, 1, 3)
         return o * g.astype(o.dtype)
 
     def construct(self, x, cache=None, pos=None):

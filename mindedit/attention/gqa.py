@@ -8,6 +8,13 @@ from mindedit.layers import RMSNorm, Rotary, apply_rotary, linear
 
 
 class GQAAttention(nn.Cell):
+    # How tensor parallelism shards this module (mindedit.parallel.parallelize reads it; nothing here depends on
+    # it): submodule -> style:unit. Styles: colwise (output rows split, the input enters through f), rowwise (input
+    # columns split, the output summed over the group), replicated (whole on every rank, its gradient partial:
+    # summed over the group). Units: heads, kv_heads (replicated over tp // kv_heads ranks when tp > kv_heads).
+    TP_PLAN = {"q_proj": "colwise:heads", "k_proj": "colwise:kv_heads", "v_proj": "colwise:kv_heads",
+               "o_proj": "rowwise:heads", "q_norm": "replicated", "k_norm": "replicated"}
+
     def __init__(self, cfg, dtype):
         super().__init__()
         self.num_heads = cfg.num_attention_heads
@@ -26,15 +33,24 @@ class GQAAttention(nn.Cell):
         self.rotary = Rotary(d, cfg.rope_theta)
         self.attn = FusedAttention(d ** -0.5)
 
+    def cache_slots(self, capacity: int, full: bool = False) -> int:
+        """Token slots of this layer's cache for a context of ``capacity`` tokens."""
+        return capacity
+
+    def cache_values(self, context: int) -> int:
+        """Values (not bytes) the cache holds at ``context`` tokens: what the KV report counts."""
+        return self.cache_slots(context) * 2 * self.num_kv_heads * self.head_dim
+
     def init_cache(self, batch: int, capacity: int, full: bool = False):
-        return kv_cache(batch, self.num_kv_heads, capacity, self.head_dim, self.head_dim, self.dtype)
+        return kv_cache(batch, self.num_kv_heads, self.cache_slots(capacity, full), self.head_dim, self.head_dim,
+                        self.dtype)
 
     def project(self, x, start=0):
         """Queries, keys and values [B, heads, T, head_dim] with norms and rotary applied (positions from start)."""
         b, t, _ = x.shape
-        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
-        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        q = self.q_proj(x).reshape(b, t, -1, self.head_dim)  # -1 heads: a tensor-parallel rank holds some of them
+        k = self.k_proj(x).reshape(b, t, -1, self.head_dim)
+        v = self.v_proj(x).reshape(b, t, -1, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
@@ -43,7 +59,7 @@ class GQAAttention(nn.Cell):
 
     def merge_heads(self, o):
         b, _, t, _ = o.shape
-        return self.o_proj(o.transpose(0, 2, 1, 3).reshape(b, t, self.num_heads * self.head_dim))
+        return self.o_proj(o.transpose(0, 2, 1, 3).reshape(b, t, -1))
 
     def construct(self, x, cache=None, pos=None):
         """Without a cache: out. With one (from ``init_cache``) and ``pos``: (out, updated cache)."""

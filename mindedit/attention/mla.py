@@ -29,6 +29,13 @@ from mindedit.layers import RMSNorm, apply_rotary, linear, rotary_cos_sin
 
 
 class MLAAttention(nn.Cell):
+    # How tensor parallelism shards this module (styles as GQAAttention.TP_PLAN, plus "shared": a linear computed
+    # whole on every rank from f(x), its gradient partial; and "colwise_local": rows split by head, fed by a
+    # shared output, so no f). Heads split; the latent down-projections are shared.
+    TP_PLAN = {"q_proj": "colwise:heads", "q_a_proj": "shared", "q_a_layernorm": "replicated",
+               "q_b_proj": "colwise_local:heads", "q_norm": "replicated", "kv_a_proj_with_mqa": "shared",
+               "kv_a_layernorm": "replicated", "kv_b_proj": "colwise_local:heads", "o_proj": "rowwise:heads"}
+
     def __init__(self, cfg, target, dtype=ms.float32):
         """cfg: the source ModelConfig (hidden size, heads, eps, rope theta); target: an MLAConfig."""
         super().__init__()
@@ -67,7 +74,7 @@ class MLAAttention(nn.Cell):
         """q_nope [B, H, T, nope], q_pe [B, H, T, rope] (rotary applied)."""
         b, t, _ = x.shape
         q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x))) if self.q_rank else self.q_proj(x)
-        q = q.reshape(b, t, self.num_heads, self.nope + self.rope)
+        q = q.reshape(b, t, -1, self.nope + self.rope)  # -1 heads: a tensor-parallel rank holds some of them
         if self.use_q_norm:
             q = self.q_norm(q)
         q = q.transpose(0, 2, 1, 3)
@@ -86,19 +93,19 @@ class MLAAttention(nn.Cell):
 
     def merge_heads(self, o):
         b, _, t, _ = o.shape
-        return self.o_proj(o.transpose(0, 2, 1, 3).reshape(b, t, self.num_heads * self.v_dim))
+        return self.o_proj(o.transpose(0, 2, 1, 3).reshape(b, t, -1))
 
     def kv_b_weights(self):
         """kv_b_proj split per head: W_uk [H, nope, rank], W_uv [H, v, rank]."""
-        w = self.kv_b_proj.weight.reshape(self.num_heads, self.nope + self.v_dim, self.rank)
+        w = self.kv_b_proj.weight.reshape(-1, self.nope + self.v_dim, self.rank)
         return w[:, :self.nope], w[:, self.nope:]
 
     # -- the two modes ---------------------------------------------------------------------------------
     def naive(self, q_nope, q_pe, c, k_pe, kv_len=None):
         b, _, t, _ = c.shape
-        kv = self.kv_b_proj(c.reshape(b, t, self.rank)).reshape(b, t, self.num_heads, self.nope + self.v_dim)
+        kv = self.kv_b_proj(c.reshape(b, t, self.rank)).reshape(b, t, -1, self.nope + self.v_dim)
         kv = kv.transpose(0, 2, 1, 3)
-        k = mint.cat([kv[..., :self.nope], k_pe.broadcast_to((b, self.num_heads, t, self.rope))], dim=-1)
+        k = mint.cat([kv[..., :self.nope], k_pe.broadcast_to((b, kv.shape[1], t, self.rope))], dim=-1)
         q = mint.cat([q_nope, q_pe], dim=-1)
         return self.attn(q, k, kv[..., self.nope:], None, kv_len)
 
@@ -109,6 +116,10 @@ class MLAAttention(nn.Cell):
         k = mint.cat([c, k_pe], dim=-1)                                 # one shared head: MQA over the latent
         o_lat = self.attn(q, k, c, None, kv_len)                        # [B, H, T, rank]
         return mint.matmul(o_lat, mint.transpose(w_uv, 1, 2).unsqueeze(0))  # [B, H, T, v]
+
+    def cache_values(self, context: int) -> int:
+        """Values (not bytes) the latent cache holds at ``context`` tokens: what the KV report counts."""
+        return context * (self.rank + self.rope)
 
     def init_cache(self, batch: int, capacity: int, full: bool = False):
         """The latent cache: [B, 1, C, kv_lora_rank + qk_rope_head_dim] (c and k_pe side by side)."""

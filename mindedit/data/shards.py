@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mindedit.errors import MindeditError
 from mindedit.utils.files import atomic_write_bytes, atomic_write_json, sha256_file
 
 
-class DataError(ValueError):
+class DataError(MindeditError):
     pass
 
 

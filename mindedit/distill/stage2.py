@@ -9,11 +9,10 @@ Every reduction over the vocabulary goes through ``vocab`` (mindedit.parallel.te
 on logits split over tensor-parallel ranks without gathering them.
 """
 import mindspore as ms
-from mindspore import mint, nn, ops
+from mindspore import nn, ops
 
+from mindedit.losses import KL_KINDS, token_kl
 from mindedit.parallel.tensor import Vocab
-
-KL_KINDS = ("forward", "reverse", "both")
 
 
 class Stage2Loss(nn.Cell):
@@ -34,16 +33,15 @@ class Stage2Loss(nn.Cell):
         t_logits = ops.stop_gradient(t_logits)
         logp_t = vocab.log_softmax(t_logits / self.tau)
         logp_s = vocab.log_softmax(s_logits / self.tau)
-        if self.kl == "forward":
-            kl = vocab.sum(mint.exp(logp_t) * (logp_t - logp_s)).mean()
-        elif self.kl == "reverse":
-            kl = vocab.sum(mint.exp(logp_s) * (logp_s - logp_t)).mean()
-        else:
-            kl = 0.5 * vocab.sum((mint.exp(logp_t) - mint.exp(logp_s)).mul(logp_t - logp_s)).mean()
+        kl = token_kl(logp_t, logp_s, self.kl, vocab.sum).mean()
         ce = ops.zeros((), ms.float32)
         if self.ce_weight > 0:
             ce = -vocab.pick(vocab.log_softmax(s_logits[:, :-1]), ids[:, 1:]).mean()
         return kl * (self.tau * self.tau), ce
+
+    def total(self, kl, feature, ce):
+        """The weighted objective from its terms (also the pipeline's, whose stages each hold some of the terms)."""
+        return kl + self.feature_weight * feature + self.ce_weight * ce
 
     def feature_term(self, hs, ht):
         """One chosen layer's share of the feature term: mean cosine distance / number of chosen layers."""
@@ -59,5 +57,4 @@ class Stage2Loss(nn.Cell):
         feature = ops.zeros((), ms.float32)
         for i in self.feature_layers:
             feature = feature + self.feature_term(s_states[i], t_states[i])
-        total = kl + self.feature_weight * feature + self.ce_weight * ce
-        return total, ops.stack((kl, feature, ce))
+        return self.total(kl, feature, ce), ops.stack((kl, feature, ce))

@@ -1,8 +1,8 @@
 """The training loop shared by both stages: compiled micro-steps with gradient accumulation, AdamW with the lr
 schedule, metrics, progress bar, and atomic checkpoints that make a rerun continue exactly where it stopped.
 
-A stage is (name, loss cell, names of its aux terms, trainable parameter paths, stage spec, steps, batches). The
-loss cell maps ids [B, T] -> (loss, aux vector); the loop does not know what the loss is.
+A stage is (name, schedule, names of its aux terms, trainable parameter paths, stage spec, steps, batches). The
+schedule compiles a micro-step ids [B, T] -> (loss, aux vector); the loop does not know what the loss is.
 
 Sharded runs (mindedit.parallel) pass their Layout: gradients are summed/averaged across ranks once per optimizer
 step (in the optimizer, before clipping), the clipping norm is the global one, reported losses are the
@@ -25,7 +25,8 @@ from mindedit.utils.progress import Progress
 @dataclass
 class Stage:
     name: str              # "stage1" | "stage2"
-    loss: object           # nn.Cell: ids -> (loss, aux [len(aux_names)]), or a pipeline schedule (.bind)
+    schedule: object       # .bind(params, accumulate) -> micro_step(ids) -> (loss, aux [len(aux_names)])
+                           # (mindedit.parallel.pipeline: SingleStage, or a pipeline stage's share)
     aux_names: list
     trainable: list        # paths (model names) of the trainable parameters, over the whole model
     spec: dict             # the train.<stage> section: lr, warmup_steps, schedule, min_lr_ratio, clip, ...
@@ -33,31 +34,17 @@ class Stage:
     batches: object        # .get(position) -> ids [B, T] (mindedit.data.shards.Batches at the stage's seq_len)
 
 
-def compiled_micro_step(loss_cell, opt, dp_sum, dp: float):
-    """ids -> (loss, aux) averaged over data-parallel ranks; this rank's gradients go into the optimizer's sum.
-    (Defined at module level: MindSpore 2.10 mis-parses a jitted function defined inside an if block.)"""
-    grad_fn = ms.value_and_grad(loss_cell, None, opt.params, has_aux=True)
-
+def data_parallel_mean(micro_step, dp_sum, dp: float):
+    """micro_step with its (loss, aux) averaged over the data-parallel ranks, in a compiled graph (no collective
+    runs eagerly: mindedit.parallel.pipeline)."""
     @ms.jit
-    def micro_step(ids):
-        (loss, aux), grads = grad_fn(ids)
-        opt.accumulate(grads)
+    def mean(loss, aux):
         return dp_sum(loss) / dp, dp_sum(aux) / dp
 
-    return micro_step
+    def step(ids):
+        return mean(*micro_step(ids))
 
-
-def pipeline_micro_step(pipe, dp_sum, dp: float):
-    """The same for a pipeline schedule (its own compiled forwards and backwards); the data-parallel mean is
-    compiled too, so that no collective runs eagerly (mindedit.parallel.pipeline)."""
-    @ms.jit
-    def dp_mean(loss, aux):
-        return dp_sum(loss) / dp, dp_sum(aux) / dp
-
-    def micro_step(ids):
-        return dp_mean(*pipe.micro_step(ids))
-
-    return micro_step
+    return step
 
 
 class Trainer:
@@ -107,11 +94,8 @@ class Trainer:
         if stage.steps == 0 or start >= stage.steps:
             self._finish(stage, opt_state, start, opt_io)
             return
-        dp_sum, dp = ReduceFromGroup(layout.dp), float(layout.dp.size)
-        if hasattr(stage.loss, "bind"):  # a pipeline schedule drives its own forwards and backwards
-            micro_step = pipeline_micro_step(stage.loss.bind(opt.params, opt.accumulate), dp_sum, dp)
-        else:
-            micro_step = compiled_micro_step(stage.loss, opt, dp_sum, dp)
+        micro_step = data_parallel_mean(stage.schedule.bind(opt.params, opt.accumulate), ReduceFromGroup(layout.dp),
+                                        float(layout.dp.size))
 
         tokens = self.grad_accum * stage.batches.batch * stage.batches.seq_len  # per optimizer step
         bar = Progress((stage.steps - start) * tokens, stage.name) \

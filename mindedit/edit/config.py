@@ -1,12 +1,14 @@
 """Target architectures: what each attention module becomes. Validated against the source model's shapes."""
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Optional
+
+from mindedit.errors import MindeditError
 
 MLA_INITS = ("partial_rope_svd", "rorope_svd", "random")
 GATES = ("elementwise", "headwise", "none")
 
 
-class TargetError(ValueError):
+class TargetError(MindeditError):
     """A target configuration that cannot be built for this model; the message names the key and value."""
 
 
@@ -46,9 +48,6 @@ class MLAConfig:
             raise TargetError(f"{where}: init {self.init!r} keeps the source head_dim={d}; qk_nope_head_dim="
                               f"{self.qk_nope_head_dim} and v_head_dim={self.v_head_dim} need init: random")
         return self
-
-    def cache_values_per_token(self, cfg) -> int:
-        return self.kv_lora_rank + self.qk_rope_head_dim
 
 
 @dataclass
@@ -105,10 +104,6 @@ class GateSWAConfig:
             return self.full_layers
         return sum(t == "full" for t in self.layer_types)
 
-    def cache_values_per_token(self, cfg) -> int:
-        """Per token in the unbounded (full) layers only; sliding layers hold a fixed ring."""
-        return 2 * cfg.num_key_value_heads * cfg.head_dim
-
 
 def target_from_dict(d: dict, where: str = "target"):
     d = dict(d)
@@ -125,6 +120,3 @@ def target_from_dict(d: dict, where: str = "target"):
     except TypeError as e:
         raise TargetError(f"{where}: {e}") from None
 
-
-def target_to_dict(t) -> dict:
-    return asdict(t)

@@ -13,6 +13,7 @@ import mindspore as ms
 from mindedit.attention.targets import build_attention
 from mindedit.edit.config import GateSWAConfig, MLAConfig
 from mindedit.edit.mla_init import init_mla_layer
+from mindedit.losses import layer_error
 from mindedit.models.qwen3 import CausalLM, DecoderLayer, DecoderModel
 
 
@@ -51,7 +52,7 @@ def attention_inputs(model, ids: np.ndarray) -> list:
 
 
 def window_errors(teacher, target: GateSWAConfig, ids: np.ndarray) -> list:
-    """For each layer, the normalised squared error ||s - y||^2 / ||y||^2 its attention would make with the window
+    """For each layer, the error (mindedit.losses.layer_error) its attention would make with the window
     alone (a sliding copy of the source, gate open) against the teacher's output y, both on the teacher's own
     layer inputs for calibration ids [B, T]: what converting that layer to sliding attention costs."""
     inputs, outputs = attention_io(teacher, ids)
@@ -59,8 +60,7 @@ def window_errors(teacher, target: GateSWAConfig, ids: np.ndarray) -> list:
     errors = []
     for i, (layer, h, y) in enumerate(zip(teacher.model.layers, inputs, outputs)):
         s = gateswa_attention(layer.self_attn, teacher.config, sliding, i, teacher.dtype)(h)
-        y = y.asnumpy().astype(np.float64)
-        errors.append(float(((s.asnumpy().astype(np.float64) - y) ** 2).sum() / max((y * y).sum(), 1e-30)))
+        errors.append(float(layer_error(s, y).asnumpy()))
     return errors
 
 

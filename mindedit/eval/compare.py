@@ -7,6 +7,7 @@ import mindspore as ms
 from mindspore import mint, ops
 
 from mindedit.eval.perplexity import run_chunked, windows
+from mindedit.losses import token_kl
 from mindedit.utils.progress import Progress
 
 
@@ -17,7 +18,7 @@ def compile_chunk_compare(teacher, student):
         ls, cs = student(ids, caches[1], pos)
         logp_t = mint.nn.functional.log_softmax(lt, dim=-1)
         logp_s = mint.nn.functional.log_softmax(ls, dim=-1)
-        kl = (mint.exp(logp_t) * (logp_t - logp_s)).sum(-1)
+        kl = token_kl(logp_t, logp_s)
         agree = (ops.argmax(lt, -1) == ops.argmax(ls, -1)).astype(ms.float32)
         tgt = targets.unsqueeze(-1)
         nll_t = -mint.gather(logp_t, -1, tgt).squeeze(-1)

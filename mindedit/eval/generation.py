@@ -10,13 +10,14 @@ from mindedit.utils.progress import Progress
 
 
 def greedy_generate(model, prompt_ids, max_new_tokens: int, eos_ids=(), use_cache: bool = True,
-                    progress: bool = False, capacity_multiple: int = 64) -> dict:
+                    progress: bool = False, capacity_multiple: int = 64, keep_logits: bool = False) -> dict:
     """prompt_ids [B, T] (or a flat list for B=1). Returns {"tokens": [B, n] new ids, "seconds",
     "prefill_seconds", "decode_tokens_per_s", "cache_bytes"}. ``decode_tokens_per_s`` is the steady state: it
     leaves out the prefill and the first decode step (which compiles the decode graph); None below 3 tokens.
 
     ``use_cache=False`` recomputes the whole sequence each step (PyNative, slow): the oracle the cached path
-    must equal. Generation stops early only when every row has produced an EOS id.
+    must equal. Generation stops early only when every row has produced an EOS id. ``keep_logits``: also return
+    "logits", each step's next-token logits [B, n, vocab] (float32).
     """
     ids = np.asarray(prompt_ids, dtype=np.int32)
     if ids.ndim == 1:
@@ -38,7 +39,7 @@ def greedy_generate(model, prompt_ids, max_new_tokens: int, eos_ids=(), use_cach
         step = ms.jit(model.construct)
     else:
         caches, step = None, model
-    pos, step_input, prefill_seconds, stamps = 0, ids, None, []
+    pos, step_input, prefill_seconds, stamps, kept = 0, ids, None, [], []
     for _ in range(max_new_tokens):
         if use_cache:
             # mutable: the caches are graph inputs, not constants (else every step recompiles)
@@ -46,7 +47,10 @@ def greedy_generate(model, prompt_ids, max_new_tokens: int, eos_ids=(), use_cach
             pos += step_input.shape[1]
         else:
             logits = step(ms.Tensor(step_input))
-        nxt = logits[:, -1].asnumpy().argmax(-1).astype(np.int32)
+        last = logits[:, -1].asnumpy()
+        if keep_logits:
+            kept.append(last)
+        nxt = last.argmax(-1).astype(np.int32)
         if prefill_seconds is None:
             prefill_seconds = time.perf_counter() - start
         stamps.append(time.perf_counter())
@@ -60,5 +64,8 @@ def greedy_generate(model, prompt_ids, max_new_tokens: int, eos_ids=(), use_cach
     if bar:
         bar.close()
     steady = (len(stamps) - 2) / (stamps[-1] - stamps[1]) if len(stamps) > 2 else None
-    return {"tokens": new, "seconds": time.perf_counter() - start, "prefill_seconds": prefill_seconds,
-            "decode_tokens_per_s": steady, "cache_bytes": cache_nbytes(caches) if use_cache else 0}
+    out = {"tokens": new, "seconds": time.perf_counter() - start, "prefill_seconds": prefill_seconds,
+           "decode_tokens_per_s": steady, "cache_bytes": cache_nbytes(caches) if use_cache else 0}
+    if keep_logits:
+        out["logits"] = np.stack(kept, axis=1)
+    return out

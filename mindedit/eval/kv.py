@@ -1,32 +1,23 @@
-"""KV-cache accounting from shapes: what the teacher and the student keep per token and per context."""
-from mindedit.edit.config import GateSWAConfig, MLAConfig
+"""KV-cache accounting: what the teacher and the student keep per token and per context, as each attention module
+counts its own cache (``cache_values``, the same slots its ``init_cache`` allocates). One (zero-initialised)
+module is built per distinct kind of layer; no weights are loaded."""
+from mindedit.attention.targets import layer_modules
 
 
-def teacher_values(cfg, context: int) -> int:
-    """Cached values (not bytes) of a GQA teacher holding ``context`` tokens."""
-    return context * cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim
-
-
-def student_values(cfg, target, context: int) -> int:
-    if isinstance(target, MLAConfig):
-        return context * cfg.num_hidden_layers * (target.kv_lora_rank + target.qk_rope_head_dim)
-    assert isinstance(target, GateSWAConfig)
-    per_token = 2 * cfg.num_key_value_heads * cfg.head_dim
-    full = target.num_full()
-    ring = min(context, target.sink_tokens + target.window)
-    return per_token * (full * context + (cfg.num_hidden_layers - full) * ring)
+def cache_values(modules, context: int) -> int:
+    return sum(m.cache_values(context) for m in modules)
 
 
 def kv_report(cfg, target, contexts, dtype_bytes: int) -> dict:
+    teacher, student = layer_modules(cfg, target)
     rows = []
     for n in contexts:
-        t, s = teacher_values(cfg, n) * dtype_bytes, student_values(cfg, target, n) * dtype_bytes
+        t, s = cache_values(teacher, n) * dtype_bytes, cache_values(student, n) * dtype_bytes
         rows.append({"context": n, "teacher_bytes": t, "student_bytes": s, "reduction": 1 - s / t})
     return {
-        "teacher_bytes_per_token": teacher_values(cfg, 1) * dtype_bytes,
+        "teacher_bytes_per_token": cache_values(teacher, 1) * dtype_bytes,
         # per additional token once every bounded (sliding) cache is full
-        "student_bytes_per_token": (student_values(cfg, target, 2**31) - student_values(cfg, target, 2**31 - 1))
-        * dtype_bytes,
+        "student_bytes_per_token": (cache_values(student, 2**31) - cache_values(student, 2**31 - 1)) * dtype_bytes,
         "dtype_bytes": dtype_bytes,
         "contexts": rows,
     }

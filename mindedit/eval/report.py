@@ -1,10 +1,33 @@
 """The job's report: ``report.json`` (the numbers), ``report.md`` (for people) and ``plots/*.png``: loss curves per
 stage, the per-layer stage-1 loss at the start and end, and perplexity of teacher / initial / trained student."""
 import json
+import time
 from pathlib import Path
 
 from mindedit.utils.files import atomic_write_json, atomic_write_text
 from mindedit.utils.metrics import read
+
+
+def job_report(cfg, student, init: dict, final: dict, tokens: dict, speed: dict, started: float) -> dict:
+    """The numbers of report.json: teacher vs student before and after training (mindedit.eval.compare), the KV
+    accounting at the eval context and the config's contexts, the attention the student got, tokens trained per
+    stage, decode speed and cache bytes (mindedit.job.decode_speed), minutes since ``started``."""
+    from dataclasses import asdict
+    from mindedit.eval.kv import kv_report
+    kv = kv_report(student.config, student.target, sorted({cfg.eval["seq_len"], *cfg.contexts}), cfg.kv_dtype_bytes)
+    at_eval = next(r for r in kv["contexts"] if r["context"] == cfg.eval["seq_len"])
+    return {
+        "name": cfg.name, "target": cfg.target.kind, "eval_context": cfg.eval["seq_len"],
+        "eval_tokens": final["tokens"],
+        "teacher_ppl": final["teacher_ppl"], "student_ppl_init": init["student_ppl"],
+        "student_ppl": final["student_ppl"], "ppl_ratio": final["ppl_ratio"],
+        "kl_init": init["kl"], "kl": final["kl"],
+        "top1_agreement_init": init["top1_agreement"], "top1_agreement": final["top1_agreement"],
+        "kv_reduction": at_eval["reduction"], "kv": kv,
+        "attention": asdict(student.target), "window_errors": student.window_errors,
+        "tokens_stage1": tokens.get("stage1", 0), "tokens_stage2": tokens.get("stage2", 0),
+        **speed, "minutes": (time.time() - started) / 60,
+    }
 
 
 def write_report(run_dir, report: dict):

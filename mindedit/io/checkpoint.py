@@ -10,13 +10,12 @@ reported and skipped, never loaded. Only the newest ``keep`` checkpoints are kep
 """
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from mindedit.utils.files import atomic_write_json, sha256_file
+from mindedit.utils.files import atomic_dir, atomic_write_json, sha256_file
 
 FILES = ("weights.safetensors", "optimizer.safetensors")
 
@@ -25,20 +24,12 @@ def save(ckpt_dir, name: str, weights: dict, optimizer: dict, state: dict, keep:
     """weights / optimizer: {name: numpy array} (full, unsharded tensors: mindedit.parallel.Layout.gather makes
     them, so a checkpoint loads under any parallel layout). Returns the checkpoint directory."""
     ckpt_dir = Path(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=f".{name}."))
-    try:
+    final = ckpt_dir / name
+    with atomic_dir(final) as tmp:
         save_file({k: np.array(v, order="C") for k, v in weights.items()}, str(tmp / FILES[0]))  # (keeps 0-d)
         save_file({k: np.array(v, order="C") for k, v in optimizer.items()}, str(tmp / FILES[1]))
         state = dict(state, sha256={f: sha256_file(tmp / f) for f in FILES})
         atomic_write_json(tmp / "state.json", state)
-        final = ckpt_dir / name
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in sorted(complete_dirs(ckpt_dir))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -65,11 +56,14 @@ def verify(path) -> dict:
 
 def latest(ckpt_dir, warn=print):
     """(path, state) of the newest valid checkpoint, or None. Invalid ones are skipped with a warning."""
-    for path in sorted(complete_dirs(ckpt_dir), reverse=True):
+    found = sorted(complete_dirs(ckpt_dir), reverse=True)
+    for path in found:
         try:
             return path, verify(path)
         except ValueError as e:
             warn(f"warning: skipping checkpoint {path}: {e}")
+    if found:
+        warn(f"warning: no valid checkpoint in {ckpt_dir}: training starts over from the beginning")
     return None
 
 

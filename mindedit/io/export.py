@@ -3,21 +3,19 @@ written into a temp directory and renamed into place. A converted model's config
 ``attention_target`` (and the DeepSeek-V2/V3 MLA fields or the GateSWA layer types), so
 ``mindedit.models.from_pretrained`` rebuilds the same modules and loads the same weights."""
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import mindspore as ms
 from safetensors.numpy import save_file
 
+from mindedit.utils.files import atomic_dir
+
 
 def save_pretrained(model, out_dir, tokenizer=None) -> Path:
     """Weights are written as float32 whatever the model's dtype (numpy has no bfloat16)."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with atomic_dir(out_dir) as tmp:
         cfg = model.config.to_hf_dict()
         cfg["torch_dtype"] = "float32"
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
@@ -29,10 +27,4 @@ def save_pretrained(model, out_dir, tokenizer=None) -> Path:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save(str(tmp / "tokenizer.json"))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

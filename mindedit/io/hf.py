@@ -5,8 +5,10 @@ from pathlib import Path
 import mindspore  # noqa: F401  (registers bfloat16 with numpy, which safetensors.numpy needs)
 from safetensors import safe_open
 
+from mindedit.errors import MindeditError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(MindeditError):
     """A checkpoint that cannot be loaded; the message names the file and the tensor or key."""
 
 

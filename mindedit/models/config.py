@@ -5,10 +5,12 @@ One decoder covers Qwen3, Qwen3-MoE, Qwen2/2.5 and Llama-shaped models; these fl
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+from mindedit.errors import MindeditError
+
 SUPPORTED = ("qwen3", "qwen3_moe", "qwen2", "llama")
 
 
-class ConfigError(ValueError):
+class ConfigError(MindeditError):
     """A model configuration that mindedit cannot build; the message names the source and the key."""
 
 

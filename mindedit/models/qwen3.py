@@ -2,7 +2,8 @@
 
 Read top to bottom: MLP, sparse MoE block, decoder layer, model, causal LM. Parameter names are HF's, so a
 checkpoint maps one to one. The attention of each layer is a replaceable part: anything with
-``construct(x, cache=None)`` and ``new_cache()`` (see mindedit/attention/); mindedit.edit swaps it.
+``construct(x, cache=None, pos=None)`` and ``init_cache(batch, capacity)`` (see mindedit/attention/); mindedit.edit
+swaps it.
 No parallel logic lives here (mindedit/parallel shards a built model).
 """
 import mindspore as ms
@@ -16,6 +17,7 @@ from mindedit.models.config import ModelConfig
 
 class MLP(nn.Cell):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
+    TP_PLAN = {"gate_proj": "colwise:rows", "up_proj": "colwise:rows", "down_proj": "rowwise:rows"}  # rows: even split
 
     def __init__(self, hidden: int, intermediate: int, dtype):
         super().__init__()

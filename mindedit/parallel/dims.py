@@ -11,8 +11,10 @@ an EP group, each holding num_experts / ep experts.
 """
 from dataclasses import dataclass
 
+from mindedit.errors import MindeditError
 
-class ParallelError(ValueError):
+
+class ParallelError(MindeditError):
     """A layout that cannot run; the message names the degree, the model field and why."""
 
 

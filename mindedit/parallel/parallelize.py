@@ -1,13 +1,15 @@
 """``parallelize(models, dims, rank, world)``: shards built models in place for this rank and returns the Layout
 that the trainer needs (gradient reduction, global norm, full checkpoints). Model files stay free of all of it.
 
-Tensor parallel (heads split over the TP group; DESIGN.md "Parallelism"):
+Tensor parallel (heads split over the TP group; DESIGN.md "Parallelism"): each attention class and the MLP declare
+their plan (``TP_PLAN``: submodule -> style, read by ``_Sharder.module``), so this file knows no module's fields:
     GQA / GateSWA   q/k/v/gate column-parallel by head (KV heads split, or replicated when tp > KV heads), o_proj
                     row-parallel, sink logits sliced by head
     MLA             q (or q_b) and kv_b by head, o_proj row-parallel; the latent down-projection kv_a (and q_a)
-                    replicated: computed on every rank from f(x), its gradient summed over TP
+                    shared: computed on every rank from f(x), its gradient summed over TP
     MLP / experts   gate/up column, down row (experts whole per rank instead when ep > 1)
     vocabulary      embedding, LM head and every loss reduction split by vocab rows (mindedit.parallel.tensor)
+The modules' reshapes use -1 heads, so a rank holding some heads runs the same code.
 Per-head norms (q_norm, k_norm) and the replicated MLA pieces get partial gradients on each rank (each rank's
 heads only): the Layout sums them over TP before the data-parallel mean.
 
@@ -20,13 +22,12 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, mint, nn
 
-from mindedit.attention.gqa import GQAAttention
-from mindedit.attention.mla import MLAAttention
 from mindedit.layers import Embedding, RMSNorm
-from mindedit.models.qwen3 import MLP, SparseMoE
+from mindedit.models.qwen3 import SparseMoE
 from mindedit.parallel.comm import Group, ReduceFromGroup, SINGLE, all_reduce, group, world_group
 from mindedit.parallel.dims import ParallelDims
 from mindedit.parallel.expert import ExpertParallelMoE
+from mindedit.parallel.pipeline import PipelineStage1Loss, PipelineStage2, SingleStage
 from mindedit.parallel.tensor import ColumnParallelLinear, NormToVocab, RowParallelLinear, Vocab, \
     VocabParallelEmbedding
 
@@ -59,7 +60,7 @@ class Layout:
         self.ep = group(dims.ep_group(rank), rank)
         self.world = world_group(rank, world)
         self.vocab = Vocab()
-        self.specs = {}  # id(Parameter) -> Spec
+        self.specs = {}  # id(Parameter) -> (Parameter, Spec)
         # pipeline: this stage's layers and the links to the neighbouring stages (None at the ends)
         self.pp = group(dims.pp_group(rank), rank)
         self.prev = group([dims.rank(c["dp"], c["tp"], c["pp"] - 1), rank], rank) if c["pp"] > 0 else None
@@ -73,13 +74,30 @@ class Layout:
         """One process: every collective is the identity."""
         return cls(ParallelDims(), 0, 1)
 
+    # -- schedules (the pipeline wrapping of each stage's loss) -----------------------------------------------
+    def stage1(self, loss, cfg):
+        """Stage 1's schedule for this rank: the loss cell itself, or this pipeline stage's share of it."""
+        if self.dims.pp > 1:
+            loss = PipelineStage1Loss(loss, self.layers, cfg.num_hidden_layers, self.prev, self.next, self.pp,
+                                      cfg.hidden_size)
+        return SingleStage(loss)
+
+    def stage2(self, loss, cfg, micro_batches: int):
+        """Stage 2's schedule for this rank: the loss cell itself, or GPipe over ``micro_batches``."""
+        if self.dims.pp == 1:
+            return SingleStage(loss)
+        return PipelineStage2(loss, self.layers, self.prev, self.next, self.pp, micro_batches, cfg.hidden_size)
+
     def spec(self, p) -> Spec:
-        s = self.specs.get(id(p))
+        s = self.specs.get(id(p), (None, None))[1]
         if s is None:  # whole and replicated over the stage's dp x tp ranks
-            s = Spec(tuple(p.shape), lead=self.replica_lead, copies=self.dims.dp * self.dims.tp,
-                     mean_group=self.dp, divisor=self.dims.dp)
-            self.specs[id(p)] = s
+            s = self.set_spec(p, Spec(tuple(p.shape), lead=self.replica_lead, copies=self.dims.dp * self.dims.tp,
+                                      mean_group=self.dp, divisor=self.dims.dp))
         return s
+
+    def set_spec(self, p, spec: Spec) -> Spec:
+        self.specs[id(p)] = (p, spec)  # holding p keeps its id from being reused by another Parameter
+        return spec
 
     # -- gradients -------------------------------------------------------------------------------------------
     def grad_reducer(self, params) -> "GradReducer":
@@ -148,9 +166,9 @@ class _Sharder:
     def swap(self, owner, attr: str, make):
         old = getattr(owner, attr)
         names = {n: p.name for n, p in old.parameters_and_names()}
-        if id(old) not in self.done:
-            self.done[id(old)] = make(old)
-        new = self.done[id(old)]
+        if id(old) not in self.done:  # (old, new): holding old keeps its id from being reused by a new object
+            self.done[id(old)] = (old, make(old))
+        new = self.done[id(old)][1]
         setattr(owner, attr, new)
         for n, p in new.parameters_and_names():  # setattr re-prefixes names; keep the original ones
             if n in names:
@@ -160,9 +178,9 @@ class _Sharder:
         """Registers p as holding ``index`` of its full tensor along ``dim``; ``parts`` distinct pieces exist."""
         L = self.L
         reps = self.tp_size // parts  # TP ranks holding the same piece
-        L.specs[id(p)] = Spec(tuple(full_shape), dim, np.asarray(index), lead=L.coords["dp"] == 0 and
-                              self.tp_rank % reps == 0, copies=L.dims.dp * reps, sum_group=sum_group,
-                              mean_group=L.dp, divisor=L.dims.dp)
+        L.set_spec(p, Spec(tuple(full_shape), dim, np.asarray(index), lead=L.coords["dp"] == 0 and
+                           self.tp_rank % reps == 0, copies=L.dims.dp * reps, sum_group=sum_group, mean_group=L.dp,
+                           divisor=L.dims.dp))
 
     def column(self, owner, attr, rows, parts, sum_group=SINGLE, copy=True):
         def make(lin):
@@ -192,68 +210,58 @@ class _Sharder:
         start = self.tp_rank * per
         return np.arange(start * width, (start + per) * width)
 
-    # -- modules ----------------------------------------------------------------------------------------------
-    def attention(self, attn):
-        if id(attn) in self.done:
-            return
-        self.done[id(attn)] = attn
-        tp = self.tp_size
-        if isinstance(attn, MLAAttention):
-            h = attn.num_heads
-            qk = attn.nope + attn.rope
-            if attn.q_rank:
-                self.column(attn, "q_a_proj", np.arange(attn.q_rank), 1)
-                self.replicated_partial(attn.q_a_proj)
-                self.replicated_partial(attn.q_a_layernorm)
-                self.column(attn, "q_b_proj", self.heads(h, qk), tp, copy=False)
-            else:
-                self.column(attn, "q_proj", self.heads(h, qk), tp)
-            if attn.use_q_norm:
-                self.replicated_partial(attn.q_norm)
-            self.column(attn, "kv_a_proj_with_mqa", np.arange(attn.rank + attn.rope), 1)
-            self.replicated_partial(attn.kv_a_proj_with_mqa)
-            if attn.latent_norm:
-                self.replicated_partial(attn.kv_a_layernorm)
-            self.column(attn, "kv_b_proj", self.heads(h, attn.nope + attn.v_dim), tp, copy=False)
-            self.row(attn, "o_proj", self.heads(h, attn.v_dim))
-            attn.num_heads = h // tp
-            return
-        if not isinstance(attn, GQAAttention):
-            raise TypeError(f"parallelize: no tensor-parallel plan for attention {type(attn).__name__}")
-        h, kv, d = attn.num_heads, attn.num_kv_heads, attn.head_dim
-        self.column(attn, "q_proj", self.heads(h, d), tp)
-        if kv % tp == 0:
-            kv_rows, kv_parts, kv_sum = self.heads(kv, d), tp, SINGLE
-        else:  # tp > kv: each KV head is replicated on the tp // kv ranks whose query heads use it
-            reps = tp // kv
-            j = self.tp_rank // reps
-            kv_rows, kv_parts = np.arange(j * d, (j + 1) * d), kv
-            base = self.L.rank - self.tp_rank
-            kv_sum = group([base + j * reps + i for i in range(reps)], self.L.rank)
-        for name in ("k_proj", "v_proj"):
-            self.column(attn, name, kv_rows, kv_parts, kv_sum)
-        if attn.qk_norm:
-            self.replicated_partial(attn.q_norm)
-            self.replicated_partial(attn.k_norm)
-        self.row(attn, "o_proj", self.heads(h, d))
-        if getattr(attn, "gate_kind", "none") != "none":
-            self.column(attn, "gate_proj", self.heads(h, d if attn.gate_kind == "elementwise" else 1), tp)
-        if getattr(attn, "use_sink", False):
-            old = attn.sinks
-            idx = self.heads(h, 1)
-            attn.sinks = Parameter(ms.Tensor(old.value().asnumpy()[idx]), name=old.name,
-                                   requires_grad=old.requires_grad)
-            self.sliced(attn.sinks, old.shape, 0, idx, tp)
-        attn.num_heads, attn.num_kv_heads = h // tp, max(1, kv // tp)
+    def unit_rows(self, unit: str, counts: dict, n: int):
+        """(this rank's indices among n rows or columns split by ``unit``, distinct pieces, partial-gradient group)."""
+        if unit == "rows":
+            return self.heads(n, 1), self.tp_size, SINGLE
+        units = counts[unit]
+        width = n // units
+        if units % self.tp_size == 0:
+            return self.heads(units, width), self.tp_size, SINGLE
+        # tp > KV heads: each KV head is replicated on the tp // kv ranks whose query heads use it, which sum its
+        # partial gradients
+        reps = self.tp_size // units
+        j = self.tp_rank // reps
+        base = self.L.rank - self.tp_rank
+        return np.arange(j * width, (j + 1) * width), units, group([base + j * reps + i for i in range(reps)],
+                                                                    self.L.rank)
 
-    def mlp(self, mlp: MLP):
-        if id(mlp) in self.done:
+    # -- modules ----------------------------------------------------------------------------------------------
+    def module(self, cell):
+        """Shards ``cell`` (an attention or an MLP) for tensor parallelism by the plan it declares (TP_PLAN:
+        submodule -> style:unit, see mindedit.attention.gqa.GQAAttention); submodules the instance lacks are
+        skipped (a gate that is off, a query without its low-rank path)."""
+        if id(cell) in self.done:
             return
-        self.done[id(mlp)] = mlp
-        rows = self.heads(mlp.gate_proj.weight.shape[0], 1)
-        self.column(mlp, "gate_proj", rows, self.tp_size)
-        self.column(mlp, "up_proj", rows, self.tp_size)
-        self.row(mlp, "down_proj", rows)
+        self.done[id(cell)] = cell
+        plan = getattr(type(cell), "TP_PLAN", None)
+        if plan is None:
+            raise TypeError(f"parallelize: {type(cell).__name__} declares no TP_PLAN (how tensor parallelism shards "
+                            f"it)")
+        counts = {"heads": getattr(cell, "num_heads", None), "kv_heads": getattr(cell, "num_kv_heads", None)}
+        for name, style in plan.items():
+            part = getattr(cell, name, None)
+            if part is None:
+                continue
+            kind, _, unit = style.partition(":")
+            if kind == "replicated":
+                self.replicated_partial(part)
+            elif kind == "shared":
+                self.column(cell, name, np.arange(part.weight.shape[0]), 1)
+                self.replicated_partial(getattr(cell, name))
+            elif kind in ("colwise", "colwise_local"):
+                rows, parts, partial = self.unit_rows(unit, counts, part.weight.shape[0])
+                self.column(cell, name, rows, parts, partial, copy=kind == "colwise")
+            elif kind == "rowwise":
+                self.row(cell, name, self.unit_rows(unit, counts, part.weight.shape[1])[0])
+            elif kind == "param":
+                rows, parts, _ = self.unit_rows(unit, counts, part.shape[0])
+                new = Parameter(ms.Tensor(part.value().asnumpy()[rows]), name=part.name,
+                                requires_grad=part.requires_grad)
+                setattr(cell, name, new)
+                self.sliced(new, part.shape, 0, rows, parts)
+            else:
+                raise ValueError(f"parallelize: {type(cell).__name__}.TP_PLAN[{name!r}] = {style!r}: unknown style")
 
     def moe(self, layer):
         moe = layer.mlp
@@ -262,7 +270,7 @@ class _Sharder:
             if id(moe) not in self.done:
                 self.done[id(moe)] = moe
                 for expert in moe.experts:
-                    self.mlp(expert)
+                    self.module(expert)
             return
 
         def make(old):
@@ -276,8 +284,8 @@ class _Sharder:
             local_index = self.L.coords["dp"] * d.tp + self.L.coords["tp"]
             for e in new.local:
                 for p in new.experts[e].get_parameters():
-                    self.L.specs[id(p)] = Spec(tuple(p.shape), lead=local_index < d.ep, copies=len(same),
-                                               mean_group=mean, divisor=d.dp)
+                    self.L.set_spec(p, Spec(tuple(p.shape), lead=local_index < d.ep, copies=len(same),
+                                            mean_group=mean, divisor=d.dp))
             return new
         self.swap(layer, "mlp", make)
 
@@ -333,6 +341,21 @@ class _Sharder:
             spec.sum_group, spec.copies, spec.lead = pair, spec.copies * 2, spec.lead and s == 0
 
 
+def local_param_count(cell, tp: int) -> float:
+    """Parameters (elements) one tensor-parallel rank holds of ``cell``, from the plan it declares (TP_PLAN), as
+    ``parallelize`` would shard it: what ``plan`` counts."""
+    plan = getattr(type(cell), "TP_PLAN", {})
+    counts = {"heads": getattr(cell, "num_heads", None), "kv_heads": getattr(cell, "num_kv_heads", None)}
+    total = 0.0
+    for name, p in cell.parameters_and_names():
+        kind, _, unit = plan.get(name.split(".")[0], "replicated").partition(":")
+        if kind in ("colwise", "colwise_local", "rowwise", "param"):
+            total += p.size / (tp if unit == "rows" else min(tp, counts[unit]))
+        else:
+            total += p.size
+    return total
+
+
 def parallelize(models, dims: ParallelDims, rank: int, world: int) -> Layout:
     """Shards ``models`` (CausalLMs sharing cells, e.g. [teacher, student]) for ``rank``; returns the Layout."""
     cfg = models[0].config
@@ -349,9 +372,9 @@ def parallelize(models, dims: ParallelDims, rank: int, world: int) -> Layout:
         for i in layout.layers:
             layer = model.model.layers[i]
             if dims.tp > 1:
-                s.attention(layer.self_attn)
+                s.module(layer.self_attn)
             if isinstance(layer.mlp, SparseMoE):
                 s.moe(layer)
             elif dims.tp > 1:
-                s.mlp(layer.mlp)
+                s.module(layer.mlp)
     return layout

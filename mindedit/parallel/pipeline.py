@@ -35,6 +35,26 @@ class Transfer(nn.Cell):
         return self.sum(ops.zeros_like(like))
 
 
+class SingleStage:
+    """The schedule without a pipeline: one compiled forward and backward of the whole loss cell (ids -> (loss,
+    aux)) per micro-batch. Every schedule has the trainer's one protocol: ``bind(params, accumulate)`` compiles
+    and returns ``micro_step(ids) -> (loss, aux)``, which adds this rank's gradients through ``accumulate``."""
+
+    def __init__(self, loss):
+        self.loss = loss
+
+    def bind(self, params, accumulate):
+        grad_fn = ms.value_and_grad(self.loss, None, params, has_aux=True)
+
+        @ms.jit
+        def micro_step(ids):
+            (loss, aux), grads = grad_fn(ids)
+            accumulate(grads)
+            return loss, aux
+
+        return micro_step
+
+
 class PipelineStage1Loss(nn.Cell):
     """Stage 1 (mindedit.distill.stage1.Stage1Loss, split by layers) on one pipeline stage:
     (ids) -> (total over all stages, per-layer losses [L] over all stages)."""
@@ -78,7 +98,6 @@ class _Stage2Piece(nn.Cell):
         self.loss, self.t, self.s = loss, loss.teacher, loss.student
         self.layers, self.first, self.last = tuple(layers), first, last
         self.feature_layers = tuple(i for i in loss.feature_layers if i in self.layers)
-        self.feature_weight, self.ce_weight = loss.feature_weight, loss.ce_weight
 
     def construct(self, ids, t_x, s_x, ds_out):
         if self.first:
@@ -90,18 +109,17 @@ class _Stage2Piece(nn.Cell):
             s_x = self.s.model.layers[i](s_x)
             if i in self.feature_layers:
                 feature = feature + self.loss.feature_term(s_x, t_x)
-        objective = self.feature_weight * feature
         if self.last:
             kl, ce = self.loss.output_terms(self.t.logits(self.t.model.norm(t_x)),
                                             self.s.logits(self.s.model.norm(s_x)), ids)
-            objective = objective + kl + self.ce_weight * ce
-        else:
+        objective = self.loss.total(kl, feature, ce)
+        if not self.last:
             objective = objective + (s_x.astype(ms.float32) * ops.stop_gradient(ds_out)).sum()
         return objective, ops.stop_gradient(t_x), s_x, ops.stack((kl, feature, ce))
 
 
 class PipelineStage2:
-    """GPipe stage 2 for one rank. ``micro_step(ids)`` (the trainer's hook) runs every micro-batch's forward and
+    """GPipe stage 2 for one rank, a schedule like SingleStage: its micro-step runs every micro-batch's forward and
     backward through the pipeline, adds this rank's gradients to ``accumulate`` (the optimizer reduces them across
     ranks after the schedule, so no gradient collective interleaves with the transfers) and returns (loss, aux).
 
@@ -150,9 +168,9 @@ class PipelineStage2:
             return pp_sum(aux)
 
         self._forward, self._backward, self._over_stages = forward, backward, over_stages
-        return self
+        return self._micro_step
 
-    def micro_step(self, ids):
+    def _micro_step(self, ids):
         b, t = ids.shape
         if b % self.m:
             raise ValueError(f"pipeline: {b} sequences per rank cannot be cut into parallel.micro_batches={self.m}")
@@ -168,4 +186,4 @@ class PipelineStage2:
         for mb, x in reversed(saved):  # backwards
             aux = aux + self._backward(mb, x, zeros[0], scale) / self.m
         aux = self._over_stages(aux)
-        return aux[0] + self.piece.feature_weight * aux[1] + self.piece.ce_weight * aux[2], aux
+        return self.piece.loss.total(aux[0], aux[1], aux[2]), aux

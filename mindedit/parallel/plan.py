@@ -2,7 +2,7 @@
 
 An estimate from shapes alone (no weights are loaded), for the code as it is built here:
 - parameters: the teacher (the shared frozen backbone, teacher attention included) and the student's own
-  parameters (new attention modules, plus the copies the stage-2 ``trainable`` set makes), in the model dtype,
+  parameters (new attention modules, counted on zero-initialised modules through their TP plans, plus the copies the stage-2 ``trainable`` set makes), in the model dtype,
   split by the layout: heads, MLP columns and vocabulary over tp, experts over ep (over tp when ep = 1), layers
   over pp (the largest stage counts, with the embedding or the head it holds);
 - gradients: the trainable parameters in the model dtype plus their fp32 accumulators;
@@ -16,9 +16,12 @@ plus a fixed 10% workspace margin. It fails with the largest term named when a s
 import re
 from dataclasses import dataclass
 
+from mindedit.attention.targets import layer_modules
+from mindedit.config import DTYPE_BYTES
+from mindedit.parallel.parallelize import local_param_count
+
 UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30,
          "tib": 2 ** 40}
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 WORKSPACE = 0.10
 
 
@@ -42,25 +45,6 @@ class Counts:
     trainable2: float = 0.0      # trainable in stage 2
 
 
-def attention_params(cfg, target, tp: int) -> tuple:
-    """(teacher attention, student attention) parameters of one layer on one device."""
-    h, n, kv, d = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    kv_local = kv // tp if kv % tp == 0 else 1  # tp > kv: one replicated KV head per rank
-    gqa = h * (n // tp) * d + 2 * h * kv_local * d + (n // tp) * d * h + (2 * d if cfg.qk_norm else 0)
-    if target.kind == "gateswa":
-        width = (n // tp) * (d if target.gate == "elementwise" else 1) if target.gate != "none" else 0
-        student = gqa + (h * width + width) + ((n // tp) if target.sink_logit else 0)
-    else:
-        qk = target.qk_nope_head_dim + target.qk_rope_head_dim
-        q = (h * target.q_lora_rank + target.q_lora_rank + target.q_lora_rank * (n // tp) * qk
-             if target.q_lora_rank else h * (n // tp) * qk)
-        student = (q + (qk if target.q_norm else 0) + h * (target.kv_lora_rank + target.qk_rope_head_dim)
-                   + (target.kv_lora_rank if target.latent_norm else 0)
-                   + target.kv_lora_rank * (n // tp) * (target.qk_nope_head_dim + target.v_head_dim)
-                   + (n // tp) * target.v_head_dim * h)
-    return gqa, student
-
-
 def mlp_params(cfg, layer: int, tp: int, ep: int) -> float:
     h = cfg.hidden_size
     if cfg.is_moe_layer(layer):
@@ -77,12 +61,13 @@ def estimate(job, device_memory: int) -> dict:
     bytes_ = DTYPE_BYTES[job.dtype]
     trainable = t["stage2"]["trainable"]
     h, v = cfg.hidden_size, cfg.vocab_size
+    teachers, students = layer_modules(cfg, target)  # counted by the modules and their TP plans
     worst = None
     for stage in range(pp):
         layers = dims.stage_layers(cfg.num_hidden_layers, stage)
         c = Counts()
         for i in layers:
-            teacher_attn, student_attn = attention_params(cfg, target, tp)
+            teacher_attn, student_attn = local_param_count(teachers[i], tp), local_param_count(students[i], tp)
             mlp, norms = mlp_params(cfg, i, tp, ep), 2 * h
             c.backbone += teacher_attn + mlp + norms
             c.student += student_attn
