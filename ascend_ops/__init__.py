@@ -1,4 +1,4 @@
-"""Fused attention for mindedit: one cell, three faces.
+"""Fused attention for mindedit: one cell, four faces.
 
 ``FusedAttention(scale, window, sink_tokens)`` is what model code holds and calls as ``attn(q, k, v, sink)``.
 Contract (every face implements exactly this):
@@ -13,23 +13,28 @@ Contract (every face implements exactly this):
 
 Faces:
 - ``reference``: plain MindSpore ops, materialises the scores; the oracle in tests.
-- ``cpu``: a blockwise online-softmax C++ kernel through ``ops.Custom`` AOT, with a backward; memory O(T) per
-  head. This is what makes long contexts fit on the CPU backend.
-- Ascend 910B: a Triton-Ascend kernel is planned in this package (see docs/environment.md). Until it exists
-  the dispatcher uses the reference on Ascend: no NPU or CANN is available to this project to build or time it.
+- ``cpu`` (the CPU default): a blockwise online-softmax C++ kernel through ``ops.Custom`` AOT that does windows,
+  sink tokens and the sink logit in one pass, with a backward; memory O(T) per head.
+- ``ascend`` (the 910B default): ascend_ops.split over CANN's fused operators (ascend_ops.ascend): the causal
+  attention or its band in one FlashAttentionScore call (FusedInferAttentionScore when decoding), the sink tokens
+  and the sink logit merged by softmax statistics. Not run here (no NPU or CANN): docs/ascend.md.
+- ``split``: the very same decomposition with the CPU kernel as its band part: the CPU twin that tests the
+  ascend face's code (everything but the operator calls).
+Both split faces pad v to q's head size when they differ (MLA: the fused operators take one head size).
 
-The face is chosen when the cell is built, from the device target; ``MINDEDIT_ATTENTION=reference|cpu`` forces
-one (tests, benchmarks). Both faces are graph-mode (``ms.jit``) compatible.
+The face is chosen when the cell is built, from the device target; ``MINDEDIT_ATTENTION=reference|cpu|split``
+forces one (tests, benchmarks). Every face is graph-mode (``ms.jit``) compatible.
 """
 import os
 
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import mint, nn, ops
 
+from .moe import GroupedMatmul
 from .reference import attention_reference
 
-__all__ = ["FusedAttention", "attention_reference", "backend"]
-FACES = ("reference", "cpu")
+__all__ = ["FusedAttention", "GroupedMatmul", "attention_reference", "backend"]
+FACES = ("reference", "cpu", "split", "ascend")
 
 
 def backend() -> str:
@@ -38,7 +43,7 @@ def backend() -> str:
         if forced not in FACES:
             raise ValueError(f"MINDEDIT_ATTENTION={forced!r}: expected one of {FACES}")
         return forced
-    return "cpu" if ms.get_context("device_target") == "CPU" else "reference"
+    return "cpu" if ms.get_context("device_target") == "CPU" else "ascend"
 
 
 class FusedAttention(nn.Cell):
@@ -50,13 +55,28 @@ class FusedAttention(nn.Cell):
             from .cpu_kernel import flash_attention_op, kernel_constants
             self.op = flash_attention_op()
             self.meta, self.scale_t = kernel_constants(self.scale, self.window, self.sink_tokens, use_sink)
+        elif self.face in ("split", "ascend"):
+            from .split import CPUBand, SplitAttention
+            if self.face == "split":
+                band = CPUBand(self.scale, self.window)
+            else:
+                from .ascend import AscendBand
+                band = AscendBand(self.scale, self.window)
+            self.split = SplitAttention(band, self.scale, self.window, self.sink_tokens, use_sink)
 
     def construct(self, q, k, v, sink=None, kv_len=None):
         f32 = ms.float32
-        if self.face == "cpu":
+        if self.face != "reference":
             s = ops.zeros((q.shape[1],), f32) if sink is None else sink.astype(f32)
             n = ops.full((1,), k.shape[2], dtype=ms.int32) if kv_len is None else kv_len.astype(ms.int32)
+        if self.face == "cpu":
             o, _ = self.op(q.astype(f32), k.astype(f32), v.astype(f32), s, self.meta, self.scale_t, n)
+        elif self.face in ("split", "ascend"):
+            dv, d = v.shape[3], q.shape[3]
+            if dv != d:  # one head size for q, k and v (FlashAttentionScore); the padding's output is sliced off
+                v = mint.cat([v, ops.zeros(v.shape[:3] + (d - dv,), v.dtype)], dim=-1)
+            o, _ = self.split(q.astype(f32), k.astype(f32), v.astype(f32), s, n)
+            o = o[..., :dv]
         else:
             o, _ = attention_reference(q.astype(f32), k.astype(f32), v.astype(f32),
                                        None if sink is None else sink.astype(f32),

@@ -1,6 +1,7 @@
-"""The CPU face of the fused attention: a C++ kernel (cpu/flash_attention.cc) behind ``ops.Custom`` AOT.
+"""The CPU kernels behind ``ops.Custom`` AOT: the fused attention (cpu/flash_attention.cc) and the sparse MoE's
+grouped matmul (cpu/grouped_matmul.cc).
 
-The shared library is compiled with the machine's g++ on first use and cached by source hash, so a fresh
+Each shared library is compiled with the machine's g++ on first use and cached by source hash, so a fresh
 machine needs nothing but g++ and OpenMP (present on every machine kind here).
 """
 import functools
@@ -14,7 +15,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import ops
 
-SOURCE = Path(__file__).with_name("cpu") / "flash_attention.cc"
+SOURCES = Path(__file__).with_name("cpu")
 CXXFLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c++17"]
 
 
@@ -24,22 +25,35 @@ def _cache_dir() -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def build_library() -> Path:
-    """Compile the kernel once per source/flags version; the rename makes concurrent builders safe."""
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(CXXFLAGS).encode()).hexdigest()[:16]
-    lib = _cache_dir() / f"flash_attention_{digest}.so"
+def build_library(name: str = "flash_attention") -> Path:
+    """Compile cpu/<name>.cc once per source/flags version; the rename makes concurrent builders safe."""
+    source = SOURCES / f"{name}.cc"
+    digest = hashlib.sha256(source.read_bytes() + " ".join(CXXFLAGS).encode()).hexdigest()[:16]
+    lib = _cache_dir() / f"{name}_{digest}.so"
     if lib.exists():
         return lib
     lib.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)
     os.close(fd)
-    cmd = ["g++", *CXXFLAGS, str(SOURCE), "-o", tmp]
+    cmd = ["g++", *CXXFLAGS, str(source), "-o", tmp]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         os.unlink(tmp)
-        raise RuntimeError(f"building the CPU attention kernel failed: {' '.join(cmd)}\n{proc.stderr}")
+        raise RuntimeError(f"building the CPU kernel {name} failed: {' '.join(cmd)}\n{proc.stderr}")
     os.replace(tmp, lib)
     return lib
+
+
+@functools.lru_cache(maxsize=None)
+def flash_attention_backward_op():
+    """(q, k, v, sink, meta, scale, kv_len, o, lse, do) -> (dq, dk, dv, dsink): the probabilities are recomputed as
+    exp(scores - lse) from the given o and lse, so a part of a split attention gets its exact share of the
+    gradient when it is given the merged o and lse (ascend_ops.split)."""
+    def bwd_shape(q, k, v, sink, meta, scale, kv_len, o, lse, do):
+        return q, k, v, sink
+
+    return ops.Custom(f"{build_library()}:FlashAttentionBackward", out_shape=bwd_shape,
+                      out_dtype=(ms.float32,) * 4, func_type="aot")
 
 
 @functools.lru_cache(maxsize=None)
@@ -50,11 +64,7 @@ def flash_attention_op():
     def fwd_shape(q, k, v, sink, meta, scale, kv_len):
         return (q[0], q[1], q[2], v[3]), (q[0], q[1], q[2])
 
-    def bwd_shape(q, k, v, sink, meta, scale, kv_len, o, lse, do):
-        return q, k, v, sink
-
-    backward = ops.Custom(f"{lib}:FlashAttentionBackward", out_shape=bwd_shape,
-                          out_dtype=(ms.float32,) * 4, func_type="aot")
+    backward = flash_attention_backward_op()
 
     def bprop(q, k, v, sink, meta, scale, kv_len, out, dout):
         # lse is an auxiliary output for the backward pass; gradients flow through o only.
@@ -79,3 +89,26 @@ def attention_cpu(q, k, v, sink=None, scale: float = 1.0, window: int = 0, sink_
     if kv_len is None:
         kv_len = ms.Tensor(np.array([k.shape[2]], np.int32))
     return flash_attention_op()(q, k, v, sink, meta, scale_t, kv_len)
+
+
+@functools.lru_cache(maxsize=None)
+def grouped_matmul_op():
+    """(x [N, In], w [E, Out, In], offsets [E+1] int32) -> y [N, Out]: rows offsets[e]..offsets[e+1]-1 of x through
+    expert e's weight, with the C++ backward (dx, dw) as bprop."""
+    lib = str(build_library("grouped_matmul"))
+
+    def fwd_shape(x, w, offsets):
+        return x[0], w[1]
+
+    def bwd_shape(x, w, offsets, dy):
+        return x, w
+
+    backward = ops.Custom(f"{lib}:GroupedMatmulBackward", out_shape=bwd_shape, out_dtype=(ms.float32, ms.float32),
+                          func_type="aot")
+
+    def bprop(x, w, offsets, out, dout):
+        dx, dw = backward(x, w, offsets, dout)
+        return dx, dw, ops.zeros_like(offsets)
+
+    return ops.Custom(f"{lib}:GroupedMatmulForward", out_shape=fwd_shape, out_dtype=ms.float32, func_type="aot",
+                      bprop=bprop)

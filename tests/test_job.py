@@ -175,9 +175,13 @@ def test_dashboard_serves_every_logged_step_and_renders_in_chromium(finished_run
         from PIL import Image
         pixels = np.asarray(Image.open(shot).convert("RGB"))
         assert pixels.shape[:2] == (900, 1280)
-        # a rendered page of charts: many distinct colours and the chart line colour, not a blank or error page
+        # a rendered page of charts: many distinct colours, not a blank or error page ...
         colours = {tuple(c) for c in pixels.reshape(-1, 3)[::7]}
         assert len(colours) > 200
+        # ... and the first chart's curve drawn across its plot area in MindInsight's line colour (0, 165, 166)
+        plot = pixels[300:505, 100:365].astype(int)
+        line = np.abs(plot - np.array([0, 165, 166])).sum(-1) < 40
+        assert line.sum() > 200 and line.any(axis=0).sum() > 150, (line.sum(), line.any(axis=0).sum())
     finally:
         subprocess.run(["bash", *script, "--stop", "--port", str(port)], capture_output=True, timeout=120)
     with pytest.raises(OSError):

@@ -23,6 +23,7 @@ class Stage2Loss(nn.Cell):
         if kl not in KL_KINDS:
             raise ValueError(f"kl={kl!r}: expected one of {KL_KINDS}")
         self.teacher, self.student = teacher, student
+        self.layers = tuple(range(teacher.config.num_hidden_layers))
         self.kl, self.tau = kl, float(temperature)
         self.feature_layers = tuple(int(i) for i in feature_layers) if feature_weight > 0 else ()
         self.feature_weight, self.ce_weight = float(feature_weight), float(ce_weight)
@@ -50,11 +51,24 @@ class Stage2Loss(nn.Cell):
         cos = (hs * ht).sum(-1) / (ops.sqrt((hs * hs).sum(-1) * (ht * ht).sum(-1)) + 1e-6)
         return (1.0 - cos).mean() / len(self.feature_layers)
 
+    def stage_terms(self, ids, t_x, s_x, layers, first: bool, last: bool):
+        """(kl, feature, ce, teacher out, student out) over the layers of index ``layers`` of teacher and student:
+        all of them in one process, a pipeline stage's own otherwise (mindedit.parallel.pipeline). ``first``: start
+        from the embedding of ids (t_x, s_x unused); ``last``: end through the heads (kl and ce are 0 elsewhere)."""
+        zero = ops.zeros((), ms.float32)
+        if first:
+            t_x, s_x = self.teacher.model.embed_tokens(ids), self.student.model.embed_tokens(ids)
+        t_x, t_states = self.teacher.model.layer_states(t_x, layers)
+        s_x, s_states = self.student.model.layer_states(s_x, layers)
+        feature, kl, ce = zero, zero, zero
+        for k, i in enumerate(layers):
+            if i in self.feature_layers:
+                feature = feature + self.feature_term(s_states[k], t_states[k])
+        if last:
+            kl, ce = self.output_terms(self.teacher.logits(self.teacher.model.norm(t_x)),
+                                       self.student.logits(self.student.model.norm(s_x)), ids)
+        return kl, feature, ce, t_x, s_x
+
     def construct(self, ids):
-        t_hidden, t_states = self.teacher.model.hidden_states(ids)
-        s_hidden, s_states = self.student.model.hidden_states(ids)
-        kl, ce = self.output_terms(self.teacher.logits(t_hidden), self.student.logits(s_hidden), ids)
-        feature = ops.zeros((), ms.float32)
-        for i in self.feature_layers:
-            feature = feature + self.feature_term(s_states[i], t_states[i])
+        kl, feature, ce, _, _ = self.stage_terms(ids, None, None, self.layers, True, True)
         return self.total(kl, feature, ce), ops.stack((kl, feature, ce))

@@ -9,6 +9,7 @@ No parallel logic lives here (mindedit/parallel shards a built model).
 import mindspore as ms
 from mindspore import mint, nn, ops
 
+from ascend_ops import GroupedMatmul
 from mindedit.attention import GQAAttention
 from mindedit.attention.targets import build_attention
 from mindedit.layers import Embedding, RMSNorm, linear
@@ -32,10 +33,11 @@ class MLP(nn.Cell):
 class SparseMoE(nn.Cell):
     """Qwen3-MoE block: softmax router over ``num_experts``, top-k experts per token, optional renormalisation.
 
-    Every expert runs on every token and the router weights (zero for unchosen experts) mix the outputs: exact,
-    static-shaped (graph mode friendly) and fine for the small models the CPU backend runs; it costs
-    num_experts / num_experts_per_tok times the routed FLOPs. Expert parallelism (mindedit/parallel) splits
-    this loop across ranks.
+    Sparse dispatch: the T x k (token, choice) rows are sorted by expert, each expert runs on its own rows only
+    (one grouped matmul per projection: ascend_ops.GroupedMatmul, CANN's on a 910B, a C++ kernel on the CPU), and
+    the rows are put back in token order and mixed with the router weights: T x k rows of expert FLOPs instead of
+    T x num_experts. ``all_experts`` (every expert on every token, zero weights for the unchosen) is the oracle the
+    tests hold it to. Parallel variants (mindedit/parallel/expert.py) override ``experts_on_rows`` or ``construct``.
     """
 
     def __init__(self, cfg: ModelConfig, dtype):
@@ -46,17 +48,48 @@ class SparseMoE(nn.Cell):
         self.gate = linear(cfg.hidden_size, cfg.num_experts, False, dtype)
         self.experts = nn.CellList([MLP(cfg.hidden_size, cfg.moe_intermediate_size, dtype)
                                     for _ in range(cfg.num_experts)])
+        self.gmm = GroupedMatmul()
 
-    def routing_weights(self, x):
-        """[..., num_experts] mixing weights, zero outside each token's top-k."""
+    def route(self, x):
+        """x [..., hidden] -> (weights [..., k] float32, expert ids [..., k] int32) of each token's top-k."""
         probs = mint.nn.functional.softmax(self.gate(x).astype(ms.float32), dim=-1)
         top, idx = ops.topk(probs, self.top_k)
         if self.norm_topk_prob:
             top = top / top.sum(-1, keepdims=True)
+        return top, idx.astype(ms.int32)
+
+    def routing_weights(self, x):
+        """[..., num_experts] mixing weights, zero outside each token's top-k."""
+        top, idx = self.route(x)
         onehot = ops.one_hot(idx, self.num_experts, ms.Tensor(1.0, ms.float32), ms.Tensor(0.0, ms.float32))
         return (onehot * top.unsqueeze(-1)).sum(-2).astype(x.dtype)
 
+    def experts_on_rows(self, rows, offsets):
+        """rows [N, hidden] sorted by expert (rows offsets[e]..offsets[e+1]-1 are expert e's) -> [N, hidden]."""
+        def stacked(name):
+            return ops.stack([getattr(e, name).weight for e in self.experts])
+        h = mint.nn.functional.silu(self.gmm(rows, stacked("gate_proj"), offsets)) * \
+            self.gmm(rows, stacked("up_proj"), offsets)
+        return self.gmm(h, stacked("down_proj"), offsets)
+
     def construct(self, x):
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        top, idx = self.route(x)
+        n = idx.shape[0] * self.top_k
+        flat = idx.reshape(n)
+        # sort the (token, choice) rows by expert; the row index breaks ties, so the order is deterministic
+        _, order = ops.sort(flat * n + ops.arange(0, n, dtype=ms.int32))
+        _, back = ops.sort(order)                                        # the inverse permutation
+        counts = ops.one_hot(flat, self.num_experts, ms.Tensor(1, ms.int32), ms.Tensor(0, ms.int32)).sum(0)
+        offsets = mint.cat([ops.zeros((1,), ms.int32), ops.cumsum(counts, 0).astype(ms.int32)])
+        token = (order.astype(ms.float32) / self.top_k).floor().astype(ms.int32)  # (no int FloorDiv on CPU graphs)
+        rows = ops.gather(x, token, 0)
+        y = ops.gather(self.experts_on_rows(rows, offsets), back, 0).reshape(-1, self.top_k, shape[-1])
+        return (y * top.unsqueeze(-1).astype(y.dtype)).sum(1).reshape(shape)
+
+    def all_experts(self, x):
+        """Every expert on every token, mixed by the routing weights (zero for the unchosen): the oracle."""
         weights = self.routing_weights(x)
         out = ops.zeros_like(x)
         for e, expert in enumerate(self.experts):
@@ -125,14 +158,14 @@ class DecoderModel(nn.Cell):
             new_caches = new_caches + (c,)
         return self.norm(x), new_caches
 
-    def hidden_states(self, input_ids):
-        """(final normed hidden state, each layer's output hidden state): what model-level distillation reads."""
-        x = self.embed_tokens(input_ids)
+    def layer_states(self, x, layers):
+        """Hidden states x through the layers of index ``layers`` (in order): (output, each layer's output). Model-
+        level distillation runs all of them, a pipeline stage its own."""
         states = ()
-        for layer in self.layers:
-            x = layer(x)
+        for i in layers:
+            x = self.layers[i](x)
             states = states + (x,)
-        return self.norm(x), states
+        return x, states
 
     def attention_io(self, input_ids):
         """Per layer, the attention's input and output on a forward pass: two tuples of [B, T, hidden]."""

@@ -1,6 +1,8 @@
 """Expert parallelism for the sparse MoE block: each rank of an EP group holds num_experts / ep whole experts.
 
-Portable dispatch (only AllGather and AllReduce, which both backends have):
+Tensor parallelism without EP (TensorParallelMoE): the sparse dispatch on each rank's slices of every expert.
+
+Portable EP dispatch (only AllGather and AllReduce, which both backends have):
     1. route on the full token set (the router is replicated and cheap), so its gradient needs no extra sum;
     2. split the tokens over the TP group (TP ranks hold the same tokens; after the split every rank of the EP
        group holds different ones, so no expert sees a token twice);
@@ -12,7 +14,8 @@ on the CPU backend, so it is not built here (docs/parallel.md).
 from mindspore import nn, ops
 
 from mindedit.models.qwen3 import SparseMoE
-from mindedit.parallel.comm import GatherForPartial, GatherFromGroup, Group, SplitToGroup, _GroupCell
+from mindedit.parallel.comm import CopyToGroup, GatherForPartial, GatherFromGroup, Group, ReduceFromGroup, \
+    SplitToGroup, _GroupCell
 
 
 class ReduceToSlice(_GroupCell):
@@ -23,6 +26,24 @@ class ReduceToSlice(_GroupCell):
 
     def bprop(self, x, out, dout):
         return (self._gather(dout),)
+
+
+class TensorParallelMoE(SparseMoE):
+    """ep = 1, tp > 1: every rank holds every expert, each sharded by the MLP's TP plan (gate/up rows, down
+    columns); the sparse dispatch runs on this rank's slices, with f on the rows going in and g on the partial
+    outputs (before the router weights mix them, so the router's gradient is whole on every rank)."""
+
+    @classmethod
+    def shard(cls, moe: SparseMoE, tp: Group):
+        new = cls.__new__(cls)
+        nn.Cell.__init__(new)
+        new.num_experts, new.top_k, new.norm_topk_prob = moe.num_experts, moe.top_k, moe.norm_topk_prob
+        new.gate, new.experts, new.gmm = moe.gate, moe.experts, moe.gmm
+        new.copy, new.reduce = CopyToGroup(tp), ReduceFromGroup(tp)
+        return new
+
+    def experts_on_rows(self, rows, offsets):
+        return self.reduce(super().experts_on_rows(self.copy(rows), offsets))
 
 
 class ExpertParallelMoE(SparseMoE):
@@ -45,6 +66,6 @@ class ExpertParallelMoE(SparseMoE):
         xs = self.gather(self.split(x.reshape(b * t, h)))
         ws = self.gather(self.split(weights))
         out = ops.zeros_like(xs)
-        for e in self.local:
+        for e in self.local:  # the local experts on every gathered token (zero weights for the unchosen)
             out = out + ws[:, e:e + 1] * self.experts[e](xs)
         return self.unsplit(self.combine(out)).reshape(b, t, h)

@@ -26,7 +26,7 @@ from mindedit.layers import Embedding, RMSNorm
 from mindedit.models.qwen3 import SparseMoE
 from mindedit.parallel.comm import Group, ReduceFromGroup, SINGLE, all_reduce, group, world_group
 from mindedit.parallel.dims import ParallelDims
-from mindedit.parallel.expert import ExpertParallelMoE
+from mindedit.parallel.expert import ExpertParallelMoE, TensorParallelMoE
 from mindedit.parallel.pipeline import PipelineStage1Loss, PipelineStage2, SingleStage
 from mindedit.parallel.tensor import ColumnParallelLinear, NormToVocab, RowParallelLinear, Vocab, \
     VocabParallelEmbedding
@@ -264,13 +264,16 @@ class _Sharder:
                 raise ValueError(f"parallelize: {type(cell).__name__}.TP_PLAN[{name!r}] = {style!r}: unknown style")
 
     def moe(self, layer):
-        moe = layer.mlp
         d = self.L.dims
         if d.ep == 1:
-            if id(moe) not in self.done:
-                self.done[id(moe)] = moe
-                for expert in moe.experts:
+            if self.tp_size == 1:
+                return
+
+            def make(old):
+                for expert in old.experts:
                     self.module(expert)
+                return TensorParallelMoE.shard(old, self.L.tp)
+            self.swap(layer, "mlp", make)
             return
 
         def make(old):

@@ -95,23 +95,10 @@ class _Stage2Piece(nn.Cell):
 
     def __init__(self, loss, layers, first: bool, last: bool):
         super().__init__(auto_prefix=False)
-        self.loss, self.t, self.s = loss, loss.teacher, loss.student
-        self.layers, self.first, self.last = tuple(layers), first, last
-        self.feature_layers = tuple(i for i in loss.feature_layers if i in self.layers)
+        self.loss, self.layers, self.first, self.last = loss, tuple(layers), first, last
 
     def construct(self, ids, t_x, s_x, ds_out):
-        if self.first:
-            t_x, s_x = self.t.model.embed_tokens(ids), self.s.model.embed_tokens(ids)
-        zero = ops.zeros((), ms.float32)
-        feature, kl, ce = zero, zero, zero
-        for i in self.layers:
-            t_x = self.t.model.layers[i](t_x)
-            s_x = self.s.model.layers[i](s_x)
-            if i in self.feature_layers:
-                feature = feature + self.loss.feature_term(s_x, t_x)
-        if self.last:
-            kl, ce = self.loss.output_terms(self.t.logits(self.t.model.norm(t_x)),
-                                            self.s.logits(self.s.model.norm(s_x)), ids)
+        kl, feature, ce, t_x, s_x = self.loss.stage_terms(ids, t_x, s_x, self.layers, self.first, self.last)
         objective = self.loss.total(kl, feature, ce)
         if not self.last:
             objective = objective + (s_x.astype(ms.float32) * ops.stop_gradient(ds_out)).sum()

@@ -9,8 +9,9 @@ An estimate from shapes alone (no weights are loaded), for the code as it is bui
 - optimizer: AdamW m and v in fp32, plus fp32 master weights when the model dtype is not fp32;
 - activations of one micro-batch (tokens = batch_size / dp / micro_batches x seq_len), kept for the backward:
   stage 1 the teacher's taps (input and output of each local attention) and each student attention's tensors;
-  stage 2 every local layer's residual stream, attention, and MLP or experts (the portable expert dispatch runs
-  the local experts on all tokens of the EP group), and the vocabulary-sized logits of teacher and student;
+  stage 2 every local layer's residual stream, attention, and MLP or experts (the sparse dispatch keeps T x top_k
+  permuted rows; with ep > 1 the portable EP dispatch runs the local experts on all tokens of the EP group), and
+  the vocabulary-sized logits of teacher and student;
 plus a fixed 10% workspace margin. It fails with the largest term named when a stage does not fit.
 """
 import re
@@ -86,7 +87,9 @@ def estimate(job, device_memory: int) -> dict:
         if worst is None or c.backbone + c.student > worst[1].backbone + worst[1].student:
             worst = (stage, c, len(layers))
     stage, c, n_layers = worst
-    out = {"layout": f"dp={dp} tp={tp} pp={pp} ep={ep} micro_batches={mb}", "device_memory": device_memory,
+    moe = ("" if not cfg.num_experts else "; MoE: portable EP dispatch (local experts on every gathered token)"
+           if ep > 1 else "; MoE: sparse dispatch (T x top_k rows)")
+    out = {"layout": f"dp={dp} tp={tp} pp={pp} ep={ep} micro_batches={mb}{moe}", "device_memory": device_memory,
            "pipeline_stage": stage, "layers_on_stage": n_layers, "stages": {}}
     n, d = cfg.num_attention_heads // tp, cfg.head_dim
     for name, trainable_count in (("stage1", c.trainable1), ("stage2", c.trainable2)):
@@ -98,11 +101,12 @@ def estimate(job, device_memory: int) -> dict:
         else:
             per_layer = []
             for i in range(n_layers):
-                if cfg.is_moe_layer(i):
-                    group_tokens = tokens * (ep if ep > 1 else 1) / (tp if ep > 1 else 1)
-                    local = cfg.num_experts // ep if ep > 1 else cfg.num_experts
-                    width = 3 * cfg.moe_intermediate_size / (1 if ep > 1 else tp)
-                    mlp_act = group_tokens * local * (width + h) * bytes_
+                if cfg.is_moe_layer(i) and ep > 1:  # portable EP: the local experts on every gathered token
+                    group_tokens = tokens * ep / tp
+                    mlp_act = group_tokens * (cfg.num_experts // ep) * (3 * cfg.moe_intermediate_size + h) * bytes_
+                elif cfg.is_moe_layer(i):  # sparse dispatch: T x top_k permuted rows, each expert width / tp
+                    rows = tokens * cfg.num_experts_per_tok
+                    mlp_act = rows * (3 * cfg.moe_intermediate_size / tp + 2 * h) * bytes_
                 else:
                     mlp_act = tokens * 3 * cfg.intermediate_size / tp * bytes_
                 per_layer.append(tokens * 4 * h * bytes_ + attn_act + mlp_act)
