@@ -66,9 +66,8 @@ class FusedAttention(nn.Cell):
 
     def construct(self, q, k, v, sink=None, kv_len=None):
         f32 = ms.float32
-        if self.face != "reference":
-            s = ops.zeros((q.shape[1],), f32) if sink is None else sink.astype(f32)
-            n = ops.full((1,), k.shape[2], dtype=ms.int32) if kv_len is None else kv_len.astype(ms.int32)
+        s = ops.zeros((q.shape[1],), f32) if sink is None else sink.astype(f32)
+        n = ops.full((1,), k.shape[2], dtype=ms.int32) if kv_len is None else kv_len.astype(ms.int32)
         if self.face == "cpu":
             o, _ = self.op(q.astype(f32), k.astype(f32), v.astype(f32), s, self.meta, self.scale_t, n)
         elif self.face in ("split", "ascend"):
