@@ -33,6 +33,11 @@ class GroupedMatmul(nn.Cell):
             from mindspore.ops.auto_generate import GroupedMatmul as CannGroupedMatmul
             self.op = CannGroupedMatmul(split_item=3, group_type=0, transpose_b=True)
 
+    def __deepcopy__(self, memo):
+        """Stateless (no parameters): a deep copy of a model that holds it (a student's own MLPs) shares it; its
+        primitive cannot be deep-copied."""
+        return self
+
     def construct(self, x, w, offsets):
         if self.face == "cpu":
             return self.op(x.astype(ms.float32), w.astype(ms.float32), offsets).astype(x.dtype)
