@@ -6,7 +6,7 @@
     tokens = train(cfg, models, shards)                 stage 1, then stage 2 (resuming from a checkpoint)
     final  = evaluate(cfg, models, shards, "final")
     report = write_report(run_dir, job_report(...))     report.json, report.md, plots/
-    export(models.student, run_dir / "export")
+    export(models, shards, run_dir / "export")  the converted model (HF-style directory)
 
 Everything lands in ``runs/<name>/``. Rerunning the same command resumes: data and the initial evaluation are
 reused, training continues from the newest valid checkpoint, finished stages are skipped. A sharded job

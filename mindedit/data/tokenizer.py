@@ -4,6 +4,8 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
+from mindedit.errors import MindeditError
+
 # Qwen2/Qwen3's pre-tokenizer split (the same as in their tokenizer.json).
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
                r"\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -19,7 +21,7 @@ def _pre_tokenizer(pre: str, source: Path):
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     if pre in ("default", "gpt2"):
         return byte_level
-    raise ValueError(f"{source}: tokenizer.ggml.pre={pre!r} is not supported; expected smollm, qwen2 or gpt2")
+    raise MindeditError(f"{source}: tokenizer.ggml.pre={pre!r} is not supported; expected smollm, qwen2 or gpt2")
 
 
 def _from_gguf(path: Path) -> Tokenizer:

@@ -6,6 +6,7 @@ import numpy as np
 import mindspore as ms
 
 from mindedit.attention import cache_nbytes
+from mindedit.errors import MindeditError
 from mindedit.utils.progress import Progress
 
 
@@ -23,9 +24,9 @@ def greedy_generate(model, prompt_ids, max_new_tokens: int, eos_ids=(), use_cach
     if ids.ndim == 1:
         ids = ids[None]
     if ids.shape[1] == 0:
-        raise ValueError("the prompt is empty: generation needs at least one token")
+        raise MindeditError("the prompt is empty: generation needs at least one token")
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens}: expected >= 1")
+        raise MindeditError(f"max_new_tokens={max_new_tokens}: expected >= 1")
     eos = np.array(sorted(set(int(e) for e in eos_ids)), np.int64)
     batch, prompt_len = ids.shape
     new = np.zeros((batch, 0), np.int32)

@@ -13,6 +13,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import mint
 
+from mindedit.errors import MindeditError
 from mindedit.utils.progress import Progress
 
 
@@ -55,12 +56,12 @@ def token_nll(model, ids: np.ndarray, chunk: int = 512, step=None) -> np.ndarray
 def windows(token_ids, seq_len: int, max_windows: int = 0) -> np.ndarray:
     """[K, seq_len] consecutive windows from the start; the tail shorter than seq_len is dropped."""
     if seq_len < 2:
-        raise ValueError(f"seq_len={seq_len}: expected at least 2 tokens per window")
+        raise MindeditError(f"seq_len={seq_len}: expected at least 2 tokens per window")
     n = len(token_ids) // seq_len
     if max_windows:
         n = min(n, max_windows)
     if n == 0:
-        raise ValueError(f"the text has {len(token_ids)} tokens, fewer than one window of seq_len={seq_len}")
+        raise MindeditError(f"the text has {len(token_ids)} tokens, fewer than one window of seq_len={seq_len}")
     return np.asarray(token_ids[: n * seq_len], dtype=np.int32).reshape(n, seq_len)
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import mindspore as ms
 
+from mindedit.errors import MindeditError
 from mindedit.io import gguf as gguf_io
 from mindedit.io import hf as hf_io
 from mindedit.io.hf import CheckpointError
@@ -16,7 +17,7 @@ DTYPES = {"float32": ms.float32, "bfloat16": ms.bfloat16, "float16": ms.float16}
 def resolve_dtype(dtype):
     if isinstance(dtype, str):
         if dtype not in DTYPES:
-            raise ValueError(f"dtype {dtype!r}: expected one of {sorted(DTYPES)}")
+            raise MindeditError(f"dtype {dtype!r}: expected one of {sorted(DTYPES)}")
         return DTYPES[dtype]
     return dtype
 

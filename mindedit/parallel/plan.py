@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from mindedit.attention.targets import layer_modules
 from mindedit.config import DTYPE_BYTES
+from mindedit.errors import MindeditError
 from mindedit.parallel.parallelize import local_param_count
 
 UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30,
@@ -29,7 +30,7 @@ WORKSPACE = 0.10
 def parse_bytes(text: str) -> int:
     m = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", str(text))
     if not m or m.group(2).lower() not in UNITS:
-        raise ValueError(f"--device-memory {text!r}: expected a size like 64GiB, 32GB or 65536MiB")
+        raise MindeditError(f"--device-memory {text!r}: expected a size like 64GiB, 32GB or 65536MiB")
     return int(float(m.group(1)) * UNITS[m.group(2).lower()])
 
 
