@@ -29,7 +29,7 @@ class AscendBand(nn.Cell):
         # sparse_mode 2/3/4 read a compressed 2048 x 2048 mask: True above the diagonal (discarded)
         self.compressed = ms.Tensor(np.triu(np.ones((2048, 2048), bool), 1))
 
-    def _sparse(self, tq: int, tk: int):
+    def _sparse(self):
         """(sparse_mode, pre_tokens, next_tokens, attn_mask) for the whole-sequence case."""
         if self.window:
             return 4, self.window - 1, 0, self.compressed   # band: keys i - (window - 1) .. i
@@ -63,11 +63,11 @@ class AscendBand(nn.Cell):
     def _attrs(self, tq: int, tk: int):
         """(pre_tokens, next_tokens, inner_precise, input_layout, sparse_mode)."""
         if tq == tk:
-            mode, pre, nxt, _ = self._sparse(tq, tk)
+            mode, pre, nxt, _ = self._sparse()
             return pre, nxt, 0, "BNSD", mode
         return ALL, ALL, 0, "BNSD", 0  # explicit mask
 
     def _mask(self, tq: int, tk: int, kv_len):
         if tq == tk:
-            return self._sparse(tq, tk)[3]
+            return self._sparse()[3]
         return mint.logical_not(visibility_mask(tq, tk, self.window, 0, kv_len))  # True: discarded
