@@ -1,17 +1,19 @@
 """The conversion job as steps that take and return values (DESIGN.md, "The job"); ``run`` puts them in order:
 
     shards = prepare_data(cfg, run_dir)                 token shards of the train / eval files
+    train_apart(cfg, run_dir)                           stage 1, then stage 2, in processes of their own
     models = build(cfg, shards)                         teacher, student (edited + initialised), trainable set
     init   = evaluate(cfg, models, shards, "init")      teacher vs the untrained student
-    tokens = train(cfg, models, shards)                 stage 1, then stage 2 (resuming from a checkpoint)
+    tokens = load_trained(models, run_dir)              the student of the final checkpoint
     final  = evaluate(cfg, models, shards, "final")
     report = write_report(run_dir, job_report(...))     report.json, report.md, plots/
-    export(models, shards, run_dir / "export")  the converted model (HF-style directory)
+    export(models, shards, run_dir / "export")          the converted model (HF-style directory)
 
 Everything lands in ``runs/<name>/``. Rerunning the same command resumes: data and the initial evaluation are
-reused, training continues from the newest valid checkpoint, finished stages are skipped. A sharded job
-(``parallel:`` with more than one rank) trains in worker processes first (mindedit.launch, each running
-``worker``); their checkpoints hold full tensors, so ``train`` in this process then finds both stages finished.
+reused, training continues from the newest valid checkpoint, finished stages are skipped. Training runs first, in
+processes of its own (mindedit.launch.train_apart: one child, or a sharded job's ranks each running ``worker``),
+because a compiled graph's memory is freed only with its process; their checkpoints hold full tensors, from which
+this process loads the trained student (``load_trained``) after the initial evaluation.
 """
 import gc
 import json
@@ -175,6 +177,18 @@ def train(cfg: JobConfig, models: Models, shards: Shards, run_dir: Path, layout=
     return trainer.tokens
 
 
+def load_trained(models: Models, run_dir: Path) -> dict:
+    """The trained student from the final checkpoint that train_apart's processes left; returns the tokens trained
+    per stage."""
+    from mindedit.io import checkpoint
+    found = checkpoint.latest(Path(run_dir) / "checkpoints", warn=log)
+    if found is None or found[1]["done"] != ["stage1", "stage2"]:
+        raise MindeditError(f"{run_dir}/checkpoints: no checkpoint of a finished stage 2 (training did not finish)")
+    checkpoint.load(found[0], models.weights, {})
+    log(f"trained student from {found[0]}")
+    return dict(found[1]["tokens"])
+
+
 def export(models: Models, shards: Shards, out_dir: Path) -> Path:
     from mindedit.io.export import save_pretrained
     return save_pretrained(models.student, out_dir, shards.tokenizer)
@@ -185,17 +199,16 @@ def run(cfg: JobConfig, run_dir: Path, progress: bool = True) -> dict:
     """The whole job: data, (sharded) training, evaluation before and after, report, export."""
     import yaml
     from mindedit.eval.report import job_report, write_report
-    from mindedit.launch import train_sharded
+    from mindedit.launch import train_apart
     started, run_dir = time.time(), Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.raw, sort_keys=False))
     log(f"job {cfg.name}: {cfg.target.kind} student, run directory {run_dir}")
     shards = prepare_data(cfg, run_dir)
-    if cfg.dims.world > 1:
-        train_sharded(cfg, run_dir, log)
+    train_apart(cfg, run_dir, log)
     models = build(cfg, shards)
     init = evaluate(cfg, models, shards, run_dir, "init", progress=progress)
-    tokens = train(cfg, models, shards, run_dir, progress=progress)
+    tokens = load_trained(models, run_dir)
     final = evaluate(cfg, models, shards, run_dir, "final", progress=progress)
     speed = decode_speed(cfg, models, shards)
     report = write_report(run_dir, job_report(cfg, models.student, init, final, tokens, speed, started))

@@ -1,20 +1,36 @@
-"""Launching a sharded job's ranks: what every rank runs (``python -m mindedit worker ...``), the per-node plan
-(cluster/), the dry run, and the worker's tie to its parent. cluster/ starts and watches the processes; this
-module only says what they are."""
+"""Launching the training processes: what every rank of a sharded job runs (``python -m mindedit worker ...``),
+the per-node plan (cluster/), the dry run, the one-process job's training child, and a child's tie to its parent.
+cluster/ starts and watches the processes; this module only says what they are."""
+import subprocess
 import sys
 from pathlib import Path
 
 from mindedit.config import JobConfig
+from mindedit.errors import MindeditError
 from mindedit.utils.files import atomic_write_json
 
 
-def worker_argv(cfg: JobConfig, run_dir: Path) -> list:
+def worker_argv(cfg: JobConfig, run_dir: Path, command: str = "worker", python: str = "python") -> list:
     """The command every rank runs (msrun takes "python" as the interpreter: the one on PATH)."""
-    argv = ["python", "-m", "mindedit", "worker", "--config", str(Path(cfg.source).resolve()),
+    argv = [python, "-m", "mindedit", command, "--config", str(Path(cfg.source).resolve()),
             "--run-dir", str(Path(run_dir).resolve())]
     for item in cfg.overrides:
         argv += ["--set", item]
     return argv
+
+
+def train_apart(cfg: JobConfig, run_dir: Path, log=print):
+    """Both training stages in processes of their own, which leave full checkpoints behind: the ranks of a sharded
+    job, or one child (``python -m mindedit train-child``). A compiled MindSpore graph keeps its memory until its
+    process ends (docs/environment.md), so training graphs must not outlive training in the process that evaluates
+    and exports."""
+    if cfg.dims.world > 1:
+        return train_sharded(cfg, run_dir, log)
+    code = subprocess.run(worker_argv(cfg, run_dir, "train-child", sys.executable)).returncode
+    if code != 0:
+        raise MindeditError(f"training stopped: its process ({' '.join(worker_argv(cfg, run_dir, 'train-child'))}) "
+                            f"exited with code {code}; its output is above, its checkpoints in {run_dir}/checkpoints "
+                            f"(rerun the same command to resume)")
 
 
 def node_plan(cfg: JobConfig, run_dir: Path) -> list:

@@ -15,7 +15,9 @@ class RMSNorm(nn.Cell):
     def construct(self, x):
         dtype = x.dtype
         x = x.astype(ms.float32)
-        x = x * mint.rsqrt(mint.mean(x * x, dim=-1, keepdim=True) + self.eps)
+        x = x * expand(mint.rsqrt((x * x).sum(-1, keepdims=True) / x.shape[-1] + self.eps), x)  # (mint.mean's backward
+        # keeps buffers a CPU graph never reuses; the sum's does not). The weight stays implicitly broadcast: the
+        # backward of an expanded trainable weight (a reduction to [dim]) was not bit-reproducible across a resume
         return self.weight * x.astype(dtype)
 
 
@@ -30,9 +32,27 @@ class Embedding(nn.Cell):
         return ops.gather(self.weight, ids, 0)
 
 
-def linear(n_in: int, n_out: int, bias: bool = False, dtype=ms.float32) -> nn.Cell:
-    """HF-named (weight [out, in], bias) linear layer, zero-initialised: weights come from a checkpoint or an init."""
-    return mint.nn.Linear(n_in, n_out, bias=bias, weight_init="zeros", bias_init="zeros", dtype=dtype)
+class Linear(nn.Cell):
+    """HF-named linear layer (``weight`` [out, in], optional ``bias``), zero-initialised: weights come from a
+    checkpoint or an init. One 2-D MatMul with ``transpose_b``: its backward is two more MatMuls, where
+    mint.nn.Linear's (and mint.matmul's) backward transposes tensors, and a CPU graph never reuses a transpose's
+    buffers (docs/environment.md)."""
+
+    def __init__(self, n_in: int, n_out: int, bias: bool = False, dtype=ms.float32):
+        super().__init__()
+        self.weight = Parameter(mint.zeros((n_out, n_in), dtype=dtype), name="weight")
+        self.bias = Parameter(mint.zeros((n_out,), dtype=dtype), name="bias") if bias else None
+        self.matmul = ops.MatMul(transpose_b=True)
+
+    def construct(self, x):
+        y = self.matmul(x.reshape(-1, x.shape[-1]), self.weight)
+        if self.bias is not None:
+            y = ops.bias_add(y, self.bias)
+        return y.reshape(x.shape[:-1] + (-1,))
+
+
+def linear(n_in: int, n_out: int, bias: bool = False, dtype=ms.float32) -> Linear:
+    return Linear(n_in, n_out, bias, dtype)
 
 
 class Rotary(nn.Cell):
@@ -59,4 +79,11 @@ def apply_rotary(x, cos, sin):
     """x [B, H, T, D] (D even), cos/sin [T, D]."""
     half = x.shape[-1] // 2
     rotated = mint.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos.astype(x.dtype) + rotated * sin.astype(x.dtype)
+    return x * expand(cos.astype(x.dtype), x) + rotated * expand(sin.astype(x.dtype), x)
+
+
+def expand(a, like):
+    """``a`` broadcast to ``like``'s shape as its own tensor, for a binary op with ``like``: an op that broadcasts
+    implicitly keeps buffers that MindSpore's CPU graphs never reuse, ~4x its output per call (docs/environment.md);
+    same-shape operands do not."""
+    return mint.broadcast_to(a, like.shape)

@@ -19,7 +19,7 @@ from mindspore import Parameter, mint, ops
 from ascend_ops import FusedAttention
 from mindedit.attention.caches import write_slots
 from mindedit.attention.gqa import GQAAttention
-from mindedit.layers import linear
+from mindedit.layers import expand, linear
 
 SINK_LOGIT_INIT = -20.0
 
@@ -76,8 +76,8 @@ class GateSWAAttention(GQAAttention):
             return o
         b, t, _ = x.shape
         g = 2.0 * mint.sigmoid(self.gate_proj(x))
-        g = g.reshape(b, t, o.shape[1], -1).transpose(0, 2, 1, 3)
-        return o * g.astype(o.dtype)
+        g = mint.permute(g.reshape(b, t, o.shape[1], -1), (0, 2, 1, 3))
+        return o * expand(g.astype(o.dtype), o)
 
     def construct(self, x, cache=None, pos=None):
         """As GQAAttention. With a ring cache, a multi-token call must start at position 0 (prefill); a

@@ -1,6 +1,6 @@
 """The source attention of Qwen3-family models: grouped-query attention with optional per-head q/k RMSNorm
 (Qwen3), optional q/k/v bias (Qwen2) and rotary positions. Parameter names follow HF (q_proj, ..., q_norm)."""
-from mindspore import nn
+from mindspore import mint, nn
 
 from ascend_ops import FusedAttention
 from mindedit.attention.caches import kv_cache, write_slots
@@ -53,13 +53,14 @@ class GQAAttention(nn.Cell):
         v = self.v_proj(x).reshape(b, t, -1, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+        # heads first with mint.permute, not Tensor.transpose, whose buffers a CPU graph never reuses (mindedit.layers)
+        q, k, v = mint.permute(q, (0, 2, 1, 3)), mint.permute(k, (0, 2, 1, 3)), mint.permute(v, (0, 2, 1, 3))
         cos, sin = self.rotary.cos_sin(start, t)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
     def merge_heads(self, o):
         b, _, t, _ = o.shape
-        return self.o_proj(o.transpose(0, 2, 1, 3).reshape(b, t, -1))
+        return self.o_proj(mint.permute(o, (0, 2, 1, 3)).reshape(b, t, -1))
 
     def construct(self, x, cache=None, pos=None):
         """Without a cache: out. With one (from ``init_cache``) and ``pos``: (out, updated cache)."""

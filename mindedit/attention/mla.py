@@ -77,7 +77,7 @@ class MLAAttention(nn.Cell):
         q = q.reshape(b, t, -1, self.nope + self.rope)  # -1 heads: a tensor-parallel rank holds some of them
         if self.use_q_norm:
             q = self.q_norm(q)
-        q = q.transpose(0, 2, 1, 3)
+        q = mint.permute(q, (0, 2, 1, 3))  # (not Tensor.transpose: its buffers are never reused, mindedit.layers)
         return q[..., :self.nope], apply_rotary(q[..., self.nope:], cos, sin)
 
     def latent(self, x, cos, sin):
@@ -93,7 +93,7 @@ class MLAAttention(nn.Cell):
 
     def merge_heads(self, o):
         b, _, t, _ = o.shape
-        return self.o_proj(o.transpose(0, 2, 1, 3).reshape(b, t, -1))
+        return self.o_proj(mint.permute(o, (0, 2, 1, 3)).reshape(b, t, -1))
 
     def kv_b_weights(self):
         """kv_b_proj split per head: W_uk [H, nope, rank], W_uv [H, v, rank]."""
@@ -104,7 +104,7 @@ class MLAAttention(nn.Cell):
     def naive(self, q_nope, q_pe, c, k_pe, kv_len=None):
         b, _, t, _ = c.shape
         kv = self.kv_b_proj(c.reshape(b, t, self.rank)).reshape(b, t, -1, self.nope + self.v_dim)
-        kv = kv.transpose(0, 2, 1, 3)
+        kv = mint.permute(kv, (0, 2, 1, 3))
         k = mint.cat([kv[..., :self.nope], k_pe.broadcast_to((b, kv.shape[1], t, self.rope))], dim=-1)
         q = mint.cat([q_nope, q_pe], dim=-1)
         return self.attn(q, k, kv[..., self.nope:], None, kv_len)

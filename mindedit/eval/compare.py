@@ -1,5 +1,6 @@
 """Teacher vs student on the same text: per-token KL(teacher || student), top-1 agreement and both NLLs,
 computed chunk by chunk in one compiled graph (the logits never leave it)."""
+import functools
 import math
 
 import numpy as np
@@ -11,7 +12,10 @@ from mindedit.losses import token_kl
 from mindedit.utils.progress import Progress
 
 
+@functools.lru_cache(maxsize=None)
 def compile_chunk_compare(teacher, student):
+    """One graph per (teacher, student): the initial and the final evaluation run the same one (the trained weights
+    are the same Parameters), and a compiled graph's memory is only freed with its process."""
     @ms.jit
     def step(ids, targets, caches, pos):
         lt, ct = teacher(ids, caches[0], pos)

@@ -20,9 +20,9 @@ from typing import Optional
 
 import numpy as np
 import mindspore as ms
-from mindspore import Parameter, mint, nn
+from mindspore import Parameter, nn
 
-from mindedit.layers import Embedding, RMSNorm
+from mindedit.layers import Embedding, Linear, RMSNorm
 from mindedit.models.qwen3 import SparseMoE
 from mindedit.parallel.comm import Group, ReduceFromGroup, SINGLE, all_reduce, group, world_group
 from mindedit.parallel.dims import ParallelDims
@@ -307,7 +307,7 @@ class _Sharder:
             self.swap(body, "embed_tokens", embedding)
         if isinstance(body.norm, RMSNorm):
             self.swap(body, "norm", lambda old: NormToVocab.wrap(old, L.tp))
-        if not self.cfg.tie_word_embeddings and isinstance(getattr(model, "lm_head", None), mint.nn.Linear):
+        if not self.cfg.tie_word_embeddings and isinstance(getattr(model, "lm_head", None), Linear):
             self.column(model, "lm_head", rows, tp, copy=False)
         L.vocab = Vocab(start, per, L.tp)
 

@@ -7,7 +7,7 @@ rank's rows of the full ``q_proj.weight``) and the model code calling it does no
 import mindspore as ms
 from mindspore import mint, nn, ops
 
-from mindedit.layers import Embedding, RMSNorm
+from mindedit.layers import Embedding, Linear, RMSNorm
 from mindedit.parallel.comm import CopyToGroup, Group, GroupMax, ReduceFromGroup, SINGLE, SumOverGroup
 
 
@@ -19,7 +19,7 @@ def _local_linear(cls, linear, weight, bias):
     """A new ``cls`` holding numpy ``weight`` [out, in] (and ``bias``), in the dtype of ``linear``."""
     out_features, in_features = weight.shape
     dtype = linear.weight.dtype
-    new = cls(in_features, out_features, bias=bias is not None, weight_init="zeros", bias_init="zeros", dtype=dtype)
+    new = cls(in_features, out_features, bias is not None, dtype)
     new.weight.set_data(ms.Tensor(weight).astype(dtype))
     if bias is not None:
         new.bias.set_data(ms.Tensor(bias).astype(dtype))
@@ -27,7 +27,7 @@ def _local_linear(cls, linear, weight, bias):
     return new
 
 
-class ColumnParallelLinear(mint.nn.Linear):
+class ColumnParallelLinear(Linear):
     """Holds rows ``rows`` of the full weight (output features); input replicated, output split."""
 
     @classmethod
@@ -42,7 +42,7 @@ class ColumnParallelLinear(mint.nn.Linear):
         return super().construct(self.copy(x))
 
 
-class RowParallelLinear(mint.nn.Linear):
+class RowParallelLinear(Linear):
     """Holds columns ``cols`` of the full weight (input features); input split, output summed over the group.
     The bias (if any) is added once, after the sum."""
 
@@ -54,8 +54,10 @@ class RowParallelLinear(mint.nn.Linear):
         return new
 
     def construct(self, x):
-        y = self.reduce(mint.matmul(x, self.weight.T))
-        return y + self.bias if self.bias is not None else y
+        y = self.reduce(self.matmul(x.reshape(-1, x.shape[-1]), self.weight))
+        if self.bias is not None:
+            y = ops.bias_add(y, self.bias)
+        return y.reshape(x.shape[:-1] + (-1,))
 
 
 class VocabParallelEmbedding(Embedding):
