@@ -60,7 +60,8 @@ def child_mindspore(n, repeats, chunk):
     return {"first_call_s": first, "seconds": min(times), "loaded_mb": loaded, "nll": float(nll.mean())}
 
 
-def child_torch(n, repeats, chunk):
+def torch_smollm2():
+    """The HF transformers Llama with SmolLM2-135M's GGUF weights (CPU torch, fp32, eval mode)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     from mindedit.data.assets import smollm2_gguf
@@ -78,6 +79,12 @@ def child_torch(n, repeats, chunk):
     state = {name: torch.from_numpy(np.ascontiguousarray(w)) for name, w, _ in gguf_io.read_tensors(path, raw)}
     model.load_state_dict(state, strict=False)
     model.tie_weights()
+    return model
+
+
+def child_torch(n, repeats, chunk):
+    import torch
+    model = torch_smollm2()
     ids = torch.from_numpy(token_ids(n))
 
     def nll():

@@ -100,7 +100,7 @@ def cmd_train_child(args):
     from mindedit import job
     from mindedit.launch import exit_with_parent
     exit_with_parent()
-    job.train_only(*_job(args))
+    job.train_only(*_job(args), only=args.stage)
 
 
 def cmd_worker(args):
@@ -196,11 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
                                     "when the parallel: section asks for more than one rank).")
     job_args(sp)
     sp.set_defaults(func=cmd_train)
-    sp = sub.add_parser("train-child", help="a one-process job's training (started by `run`)",
-                        description="As train, in a child of `run`, tied to it (it dies with its parent): the "
-                                    "training graphs' memory goes with this process before `run` evaluates. There "
-                                    "is no need to call it by hand.")
+    sp = sub.add_parser("train-child", help="a training stage of a one-process job (started by `run`)",
+                        description="As train, in a child of `run`, tied to it (it dies with its parent): a "
+                                    "stage's compiled graphs and their memory go with this process before the next "
+                                    "stage or the evaluation. There is no need to call it by hand.")
     job_args(sp)
+    sp.add_argument("--stage", choices=["stage1", "stage2"], help="train this stage only (default: both)")
     sp.set_defaults(func=cmd_train_child)
     sp = sub.add_parser("worker", help="one rank of a sharded job (started by msrun through `run`)",
                         description="Builds teacher and student, shards them for this rank (parallel: section) and "

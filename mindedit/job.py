@@ -137,9 +137,10 @@ def decode_speed(cfg: JobConfig, models: Models, shards: Shards) -> dict:
     return out
 
 
-def train(cfg: JobConfig, models: Models, shards: Shards, run_dir: Path, layout=None, progress: bool = True) -> dict:
-    """Both stages, resuming from the newest checkpoint; ``layout``: this rank's part of a sharded run (default:
-    one process). Returns the tokens trained per stage."""
+def train(cfg: JobConfig, models: Models, shards: Shards, run_dir: Path, layout=None, progress: bool = True,
+          only: str = None) -> dict:
+    """Both stages (or ``only`` the one named), resuming from the newest checkpoint; ``layout``: this rank's part
+    of a sharded run (default: one process). Returns the tokens trained per stage."""
     from mindedit.distill.stage1 import Stage1Loss
     from mindedit.distill.stage2 import Stage2Loss
     from mindedit.distill.trainer import Stage, Trainer
@@ -171,7 +172,8 @@ def train(cfg: JobConfig, models: Models, shards: Shards, run_dir: Path, layout=
               Stage("stage2", layout.stage2(loss2, shapes, cfg.parallel["micro_batches"]), ["kl", "feature", "ce"],
                     models.trainable, s2, stage_steps(cfg, "stage2"), batches(s2))]
     for stage in stages:
-        trainer.run(stage, resume)
+        if only in (None, stage.name):
+            trainer.run(stage, resume)
         free_graph_memory()
     metrics.close()
     return trainer.tokens
@@ -210,21 +212,22 @@ def run(cfg: JobConfig, run_dir: Path, progress: bool = True) -> dict:
     init = evaluate(cfg, models, shards, run_dir, "init", progress=progress)
     tokens = load_trained(models, run_dir)
     final = evaluate(cfg, models, shards, run_dir, "final", progress=progress)
-    speed = decode_speed(cfg, models, shards)
+    speed = dict(decode_speed(cfg, models, shards), **peak_rss())
     report = write_report(run_dir, job_report(cfg, models.student, init, final, tokens, speed, started))
     log(f"exported {export(models, shards, run_dir / 'export')}")
     return report
 
 
-def train_only(cfg: JobConfig, run_dir: Path, progress: bool = True):
-    """Data and both training stages (through the launcher when sharded); no evaluation, report or export."""
+def train_only(cfg: JobConfig, run_dir: Path, progress: bool = True, only: str = None):
+    """Data and both training stages, or ``only`` the one named (through the launcher when sharded); no
+    evaluation, report or export."""
     from mindedit.launch import train_sharded
     from mindedit.parallel.parallelize import Layout
     shards = prepare_data(cfg, run_dir)
     if cfg.dims.world > 1:
         return train_sharded(cfg, run_dir, log)
     models = build(cfg, shards)
-    train(cfg, models, shards, run_dir, progress=progress)
+    train(cfg, models, shards, run_dir, progress=progress, only=only)
     write_rank_summary(run_dir, models, Layout.single())
 
 
@@ -251,6 +254,15 @@ def evaluate_checkpoint(cfg: JobConfig, run_dir: Path) -> dict:
         checkpoint.load(found[0], models.weights, {})
         log(f"student from {found[0]}")
     return evaluate(cfg, models, shards, run_dir, "cli", reuse=False)
+
+
+def peak_rss() -> dict:
+    """Peak RSS in MB of this process (evaluation, export) and of the largest finished child (training)."""
+    import resource
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"peak_rss_mb": round(max(own, children)), "peak_rss_mb_training": round(children),
+            "peak_rss_mb_evaluation": round(own)}
 
 
 def write_rank_summary(run_dir: Path, models: Models, layout):

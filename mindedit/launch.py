@@ -21,16 +21,18 @@ def worker_argv(cfg: JobConfig, run_dir: Path, command: str = "worker", python: 
 
 def train_apart(cfg: JobConfig, run_dir: Path, log=print):
     """Both training stages in processes of their own, which leave full checkpoints behind: the ranks of a sharded
-    job, or one child (``python -m mindedit train-child``). A compiled MindSpore graph keeps its memory until its
-    process ends (docs/environment.md), so training graphs must not outlive training in the process that evaluates
-    and exports."""
+    job, or one child per stage (``python -m mindedit train-child --stage stageN``; the second resumes from the
+    first's final checkpoint). A compiled MindSpore graph keeps its memory until its process ends
+    (docs/environment.md): a stage's graphs must not outlive it into the next stage or the evaluation."""
     if cfg.dims.world > 1:
         return train_sharded(cfg, run_dir, log)
-    code = subprocess.run(worker_argv(cfg, run_dir, "train-child", sys.executable)).returncode
-    if code != 0:
-        raise MindeditError(f"training stopped: its process ({' '.join(worker_argv(cfg, run_dir, 'train-child'))}) "
-                            f"exited with code {code}; its output is above, its checkpoints in {run_dir}/checkpoints "
-                            f"(rerun the same command to resume)")
+    for stage in ("stage1", "stage2"):
+        argv = worker_argv(cfg, run_dir, "train-child", sys.executable) + ["--stage", stage]
+        code = subprocess.run(argv).returncode
+        if code != 0:
+            raise MindeditError(f"training stopped in {stage}: its process ({' '.join(argv[1:])}) exited with code "
+                                f"{code}; its output is above, its checkpoints are in {run_dir}/checkpoints (rerun "
+                                f"the same command to resume)")
 
 
 def node_plan(cfg: JobConfig, run_dir: Path) -> list:

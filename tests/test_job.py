@@ -15,7 +15,8 @@ from safetensors.numpy import load_file
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs/tiny_gateswa.yaml"
 REPORT_KEYS = ("teacher_ppl", "student_ppl_init", "student_ppl", "kl_init", "kl", "top1_agreement", "kv_reduction",
-               "tokens_stage1", "tokens_stage2", "decode_tokens_per_s_teacher", "decode_tokens_per_s_student")
+               "tokens_stage1", "tokens_stage2", "decode_tokens_per_s_teacher", "decode_tokens_per_s_student",
+               "peak_rss_mb", "peak_rss_mb_training", "peak_rss_mb_evaluation")
 
 
 def job(run_dir: Path, **kw) -> subprocess.Popen:
@@ -64,6 +65,10 @@ def test_job_writes_report_plots_summary_and_export(finished_run):
         assert isinstance(report[key], (int, float)) and np.isfinite(report[key]), key
     assert report["tokens_stage1"] == 8 * 2 * 2 * 64 and report["tokens_stage2"] == 6 * 2 * 2 * 64
     assert 0 < report["kv_reduction"] < 1 and report["kl"] >= 0
+    # training ran in a child process of its own: the parent's peak is not the training's
+    assert report["peak_rss_mb"] == max(report["peak_rss_mb_training"], report["peak_rss_mb_evaluation"]) > 0
+    for stage in ("stage1", "stage2"):
+        assert report["speed"][stage]["tokens_per_s"] > 0 and report["speed"][stage]["compile_s"] >= 0, stage
     assert "teacher ppl" in out and "dashboard: bash scripts/dashboard.sh" in out
     for png in ("loss.png", "stage1_layers.png", "perplexity.png"):
         assert (run_dir / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,10 +1,8 @@
 """Perplexity over consecutive, non-overlapping windows of a token stream (no BOS added).
 
 Long windows are scored in chunks through the model's caches (chunked prefill): one compiled graph for a chunk
-of ``chunk`` tokens attends to everything before it via the cache. MindSpore's CPU graph mode keeps every
-intermediate buffer of a compiled graph alive (no reuse across layers: a 2,048-token SmolLM2 forward in one
-graph peaks at 6.6 GB), so the graph must stay small while the context grows; memory is then one chunk's
-activations plus the caches, and any context length runs.
+of ``chunk`` tokens attends to everything before it via the cache, so memory is one chunk's activations (a
+[chunk, vocab] log-softmax among them) plus the caches, whatever the context length (docs/environment.md).
 """
 import math
 import time

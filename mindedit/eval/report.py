@@ -1,6 +1,7 @@
 """The job's report: ``report.json`` (the numbers), ``report.md`` (for people) and ``plots/*.png``: loss curves per
 stage, the per-layer stage-1 loss at the start and end, and perplexity of teacher / initial / trained student."""
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -30,10 +31,27 @@ def job_report(cfg, student, init: dict, final: dict, tokens: dict, speed: dict,
     }
 
 
+def stage_speeds(rows: list) -> dict:
+    """Per stage, from metrics.jsonl: steady-state tokens/s (the median step after each compile) and compile_s,
+    the first step's time beyond a steady step (one per process that ran the stage: a resumed stage compiles
+    again)."""
+    out = {}
+    for stage in ("stage1", "stage2"):
+        pts = [x for x in rows if x["stage"] == stage]
+        if len(pts) < 2:
+            continue
+        seconds = [(b["tokens"] - a["tokens"]) / b["tokens_per_s"] for a, b in zip([{"tokens": 0}] + pts, pts)]
+        first = [0] + [i for i in range(1, len(pts)) if pts[i]["step"] != pts[i - 1]["step"] + 1]
+        steady = statistics.median(t for i, t in enumerate(seconds) if i not in first)
+        out[stage] = {"tokens_per_s": round((pts[-1]["tokens"] - pts[-2]["tokens"]) / steady, 1),
+                      "compile_s": round(sum(max(0.0, seconds[i] - steady) for i in first), 1)}
+    return out
+
+
 def write_report(run_dir, report: dict):
     run_dir = Path(run_dir)
     rows = read(run_dir / "metrics.jsonl")
-    report = dict(report, plots=plot(run_dir, rows, report))
+    report = dict(report, speed=stage_speeds(rows), plots=plot(run_dir, rows, report))
     atomic_write_json(run_dir / "report.json", report)
     atomic_write_text(run_dir / "report.md", markdown(report))
     return report
@@ -72,7 +90,13 @@ def markdown(r: dict) -> str:
         lines.append(f"| {c['context']} | {c['teacher_bytes']:,} | {c['student_bytes']:,} | "
                      f"{100 * c['reduction']:.1f}% |")
     lines += ["", "Training: stage 1 (layer-wise) {:,} tokens, stage 2 (model-level) {:,} tokens; {:.1f} minutes "
-              "in all.".format(r["tokens_stage1"], r["tokens_stage2"], r["minutes"]), ""]
+              "in all.".format(r["tokens_stage1"], r["tokens_stage2"], r["minutes"])]
+    for stage, v in r.get("speed", {}).items():
+        lines.append(f"{stage}: {v['tokens_per_s']:.1f} tokens/s in steady state, {v['compile_s']:.0f} s compiling.")
+    if r.get("peak_rss_mb"):
+        lines.append(f"Peak memory (RSS): {r['peak_rss_mb']:,.0f} MB (the largest process: training "
+                     f"{r['peak_rss_mb_training']:,.0f} MB, evaluation and export {r['peak_rss_mb_evaluation']:,.0f} MB).")
+    lines.append("")
     lines += [f"![{Path(p).stem}]({p})" for p in r.get("plots", [])]
     return "\n".join(lines) + "\n"
 

@@ -1,0 +1,143 @@
+"""Stage-2 training step, mindedit vs HF transformers on CPU torch, on the same SmolLM2-135M weights and text:
+tokens/s, compile time and peak RSS side by side (forward-only cells: bench/forward.py).
+
+    python bench/peer.py [--lengths 1024 2048] [--steps 4]
+
+The work on both sides, per step of one sequence: the frozen teacher's forward (no gradient), the student's forward
+and backward, forward KL(teacher || student) over the vocabulary, AdamW on the student's attention projections.
+- mindedit: the default job's GateSWA student (configs/smollm2_135m_gateswa.yaml: window 256 + 4 sink tokens,
+  elementwise output gate, pattern SSSF) through the job's own Stage2Loss, SingleStage and AdamW, one compiled step.
+- torch: a deep copy of the teacher whose attention sees a 256-window + 4-sink mask on every layer (eager
+  attention computes all T x T scores whatever the mask, so the mixed pattern would cost the same); no gate.
+Each (implementation, length) runs in a fresh child process, one after another, so that its peak RSS is its own.
+The first step (which compiles mindedit's graph) is reported apart; tokens/s is the median of the later steps.
+"""
+import argparse
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from forward import peak_mb, token_ids, torch_smollm2
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs/smollm2_135m_gateswa.yaml"
+
+
+def timed_steps(step, steps: int) -> dict:
+    times, losses = [], []
+    for _ in range(steps):
+        t = time.perf_counter()
+        losses.append(step())
+        times.append(time.perf_counter() - t)
+    return {"first_step_s": times[0], "step_s": statistics.median(times[1:]), "losses": losses}
+
+
+def child_mindspore(n: int, steps: int) -> dict:
+    import mindspore as ms
+    from mindedit import job
+    from mindedit.config import load_job_config
+    from mindedit.distill.optim import AdamW
+    from mindedit.distill.stage2 import Stage2Loss
+    from mindedit.parallel.pipeline import SingleStage
+    cfg = load_job_config(CONFIG)
+    with tempfile.TemporaryDirectory() as tmp:
+        models = job.build(cfg, job.prepare_data(cfg, Path(tmp)))
+    loss = Stage2Loss(models.teacher, models.student)
+    opt = AdamW([models.weights[name] for name in models.trainable], weight_decay=0.0)
+    micro_step = SingleStage(loss).bind(opt.params, opt.accumulate)
+    ids = ms.Tensor(token_ids(n).astype(np.int32))
+    lr, one = ms.Tensor(1e-4, ms.float32), ms.Tensor(1.0, ms.float32)
+
+    def step():
+        value, _ = micro_step(ids)
+        opt.apply(lr, one).asnumpy()
+        return float(value.asnumpy())
+
+    return timed_steps(step, steps)
+
+
+def child_torch(n: int, steps: int) -> dict:
+    import torch
+    teacher = torch_smollm2()
+    student = copy.deepcopy(teacher).train()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    params = [p for name, p in student.named_parameters() if "self_attn" in name]
+    for name, p in student.named_parameters():
+        p.requires_grad_("self_attn" in name)
+    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0)
+    ids = torch.from_numpy(token_ids(n))
+    i = torch.arange(n)
+    visible = (i[None, :] <= i[:, None]) & ((i[:, None] - i[None, :] < 256) | (i[None, :] < 4))
+    mask = torch.zeros(1, 1, n, n).masked_fill(~visible, torch.finfo(torch.float32).min)
+
+    def step():
+        with torch.no_grad():
+            logp_t = torch.log_softmax(teacher(ids).logits, dim=-1)
+        logp_s = torch.log_softmax(student(ids, attention_mask=mask).logits, dim=-1)
+        loss = torch.nn.functional.kl_div(logp_s, logp_t, log_target=True, reduction="none").sum(-1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return float(loss)
+
+    return timed_steps(step, steps)
+
+
+def run_child(impl: str, n: int, steps: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", impl, "--lengths", str(n), "--steps", str(steps)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["killed"])[-1][:120], "rc": proc.returncode}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048])
+    ap.add_argument("--steps", type=int, default=4, help="steps per cell (the first one is reported apart)")
+    ap.add_argument("--child", choices=["mindspore", "torch"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.steps < 2:
+        raise SystemExit("error: --steps must be at least 2 (the first step is reported apart)")
+    if args.child:
+        out = (child_mindspore if args.child == "mindspore" else child_torch)(args.lengths[0], args.steps)
+        out["peak_mb"] = peak_mb()
+        print(json.dumps(out))
+        return
+    rows = []
+    for n in args.lengths:
+        rows.append({"tokens": n, "ms": run_child("mindspore", n, args.steps), "torch": run_child("torch", n, args.steps)})
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    head = (f"{'tokens':>6} | {'mindedit tok/s':>14} | {'torch tok/s':>11} | {'speed ratio':>11} | "
+            f"{'mindedit peak MB':>16} | {'torch peak MB':>13} | {'memory ratio':>12} | {'ms 1st step s':>13} | "
+            f"{'torch 1st step s':>16}")
+    print(f"SmolLM2-135M stage-2 step (teacher forward, student forward + backward, KL, AdamW on attention), batch 1, "
+          f"fp32, {os.cpu_count()} CPU cores; median of {args.steps - 1} steps after the first; ratio = mindedit / "
+          f"torch")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        a, b = r["ms"], r["torch"]
+        if "error" in a or "error" in b:
+            print(f"{r['tokens']:>6} | mindedit: {a.get('error', 'ok')} | torch: {b.get('error', 'ok')}")
+            continue
+        sa, sb = r["tokens"] / a["step_s"], r["tokens"] / b["step_s"]
+        print(f"{r['tokens']:>6} | {sa:>14.1f} | {sb:>11.1f} | {sa / sb:>11.2f} | {a['peak_mb']:>16.0f} | "
+              f"{b['peak_mb']:>13.0f} | {a['peak_mb'] / b['peak_mb']:>12.2f} | {a['first_step_s']:>13.1f} | "
+              f"{b['first_step_s']:>16.1f}")
+    print(json.dumps({f"{who}@{r['tokens']}": round(r["tokens"] / r[k]["step_s"], 1)
+                      for r in rows for who, k in (("mindedit", "ms"), ("torch", "torch")) if "step_s" in r[k]}))
+
+
+if __name__ == "__main__":
+    main()
