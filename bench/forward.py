@@ -132,22 +132,29 @@ def main():
              "torch": run_child("torch", n, args.repeats, args.chunk)}
         rows.append(r)
         print(json.dumps(r), file=sys.stderr)
-    head = (f"{'tokens':>6} | {'mindedit tok/s':>14} | {'torch tok/s':>11} | {'speed ratio':>11} | "
-            f"{'mindedit peak MB':>16} | {'torch peak MB':>13} | {'memory ratio':>12} | {'ms compile+1st s':>16} | "
-            f"{'|mean NLL diff|':>14}")
-    print(f"SmolLM2-135M forward + next-token NLL of every position, batch 1, fp32, {os.cpu_count()} CPU cores, "
-          f"mindedit chunk {args.chunk}; ratio = mindedit / torch")
-    print(head)
-    print("-" * len(head))
+    side_by_side(f"SmolLM2-135M forward + next-token NLL of every position, batch 1, fp32, {os.cpu_count()} CPU "
+                 f"cores, mindedit chunk {args.chunk}; ratio = mindedit / torch", rows, "seconds",
+                 [("ms compile+1st s", lambda a, b: f"{a['first_call_s']:.1f}"),
+                  ("|mean NLL diff|", lambda a, b: f"{abs(a['nll'] - b['nll']):.2e}")])
+
+
+def side_by_side(title: str, rows: list, seconds: str, extra: list):
+    """The table of both benches: per length, tokens/s and peak RSS of mindedit (row["ms"]) and torch (row["torch"])
+    and their ratios, then the ``extra`` columns [(header, fn(ms cell, torch cell) -> text)]."""
+    heads = ["tokens", "mindedit tok/s", "torch tok/s", "speed ratio", "mindedit peak MB", "torch peak MB",
+             "memory ratio"] + [h for h, _ in extra]
+    print(title)
+    print(" | ".join(heads))
+    print("-" * len(" | ".join(heads)))
     for r in rows:
         a, b = r["ms"], r["torch"]
         if "error" in a or "error" in b:
-            print(f"{r['tokens']:>6} | mindedit: {a.get('error', 'ok')} | torch: {b.get('error', 'ok')}")
+            print(f"{r['tokens']} | mindedit: {a.get('error', 'ok')} | torch: {b.get('error', 'ok')}")
             continue
-        sa, sb = r["tokens"] / a["seconds"], r["tokens"] / b["seconds"]
-        print(f"{r['tokens']:>6} | {sa:>14.1f} | {sb:>11.1f} | {sa / sb:>11.2f} | {a['peak_mb']:>16.0f} | "
-              f"{b['peak_mb']:>13.0f} | {a['peak_mb'] / b['peak_mb']:>12.2f} | {a['first_call_s']:>16.1f} | "
-              f"{abs(a['nll'] - b['nll']):>14.2e}")
+        sa, sb = r["tokens"] / a[seconds], r["tokens"] / b[seconds]
+        cells = [str(r["tokens"]), f"{sa:.1f}", f"{sb:.1f}", f"{sa / sb:.2f}", f"{a['peak_mb']:.0f}",
+                 f"{b['peak_mb']:.0f}", f"{a['peak_mb'] / b['peak_mb']:.2f}"] + [fn(a, b) for _, fn in extra]
+        print(" | ".join(c.rjust(len(h)) for c, h in zip(cells, heads)))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from forward import peak_mb, token_ids, torch_smollm2
+from forward import peak_mb, side_by_side, token_ids, torch_smollm2
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs/smollm2_135m_gateswa.yaml"
@@ -118,23 +118,11 @@ def main():
     for n in args.lengths:
         rows.append({"tokens": n, "ms": run_child("mindspore", n, args.steps), "torch": run_child("torch", n, args.steps)})
         print(json.dumps(rows[-1]), file=sys.stderr)
-    head = (f"{'tokens':>6} | {'mindedit tok/s':>14} | {'torch tok/s':>11} | {'speed ratio':>11} | "
-            f"{'mindedit peak MB':>16} | {'torch peak MB':>13} | {'memory ratio':>12} | {'ms 1st step s':>13} | "
-            f"{'torch 1st step s':>16}")
-    print(f"SmolLM2-135M stage-2 step (teacher forward, student forward + backward, KL, AdamW on attention), batch 1, "
-          f"fp32, {os.cpu_count()} CPU cores; median of {args.steps - 1} steps after the first; ratio = mindedit / "
-          f"torch")
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        a, b = r["ms"], r["torch"]
-        if "error" in a or "error" in b:
-            print(f"{r['tokens']:>6} | mindedit: {a.get('error', 'ok')} | torch: {b.get('error', 'ok')}")
-            continue
-        sa, sb = r["tokens"] / a["step_s"], r["tokens"] / b["step_s"]
-        print(f"{r['tokens']:>6} | {sa:>14.1f} | {sb:>11.1f} | {sa / sb:>11.2f} | {a['peak_mb']:>16.0f} | "
-              f"{b['peak_mb']:>13.0f} | {a['peak_mb'] / b['peak_mb']:>12.2f} | {a['first_step_s']:>13.1f} | "
-              f"{b['first_step_s']:>16.1f}")
+    side_by_side(f"SmolLM2-135M stage-2 step (teacher forward, student forward + backward, KL, AdamW on attention), "
+                 f"batch 1, fp32, {os.cpu_count()} CPU cores; median of {args.steps - 1} steps after the first; ratio "
+                 f"= mindedit / torch", rows, "step_s",
+                 [("ms 1st step s", lambda a, b: f"{a['first_step_s']:.1f}"),
+                  ("torch 1st step s", lambda a, b: f"{b['first_step_s']:.1f}")])
     print(json.dumps({f"{who}@{r['tokens']}": round(r["tokens"] / r[k]["step_s"], 1)
                       for r in rows for who, k in (("mindedit", "ms"), ("torch", "torch")) if "step_s" in r[k]}))
 
