@@ -159,7 +159,11 @@ def train(cfg: JobConfig, models: Models, shards: Shards, run_dir: Path, layout=
     if resume:
         checkpoint.load(resume[0], models.weights, {}, layout.take(models.weights))
         trainer.restore(resume[1])
-        say(f"resuming from {resume[0]} ({resume[1]['stage']} step {resume[1]['step']})")
+        stage, step = resume[1]["stage"], resume[1]["step"]
+        if only is not None and stage in resume[1]["done"] and stage != only:  # the previous stage's process ended
+            say(f"{only}: starting from {resume[0]} ({stage} finished)")
+        else:
+            say(f"resuming from {resume[0]} ({stage} step {step})")
 
     def batches(spec):
         return Batches(shards.dir, spec["seq_len"], t["batch_size"], t["seed"], layout.coords["dp"], layout.dims.dp)
