@@ -45,10 +45,13 @@ class Linear(nn.Cell):
         self.matmul = ops.MatMul(transpose_b=True)
 
     def construct(self, x):
-        y = self.matmul(x.reshape(-1, x.shape[-1]), self.weight)
+        return self.output(self.matmul(x.reshape(-1, x.shape[-1]), self.weight), x.shape)
+
+    def output(self, y, shape):
+        """y [N, out] of the 2-D matmul -> plus the bias, shaped shape[:-1] + (out,)."""
         if self.bias is not None:
             y = ops.bias_add(y, self.bias)
-        return y.reshape(x.shape[:-1] + (-1,))
+        return y.reshape(shape[:-1] + (-1,))
 
 
 def linear(n_in: int, n_out: int, bias: bool = False, dtype=ms.float32) -> Linear:

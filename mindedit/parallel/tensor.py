@@ -54,10 +54,7 @@ class RowParallelLinear(Linear):
         return new
 
     def construct(self, x):
-        y = self.reduce(self.matmul(x.reshape(-1, x.shape[-1]), self.weight))
-        if self.bias is not None:
-            y = ops.bias_add(y, self.bias)
-        return y.reshape(x.shape[:-1] + (-1,))
+        return self.output(self.reduce(self.matmul(x.reshape(-1, x.shape[-1]), self.weight)), x.shape)
 
 
 class VocabParallelEmbedding(Embedding):
