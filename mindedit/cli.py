@@ -120,6 +120,16 @@ def cmd_eval(args):
     print(json.dumps(job.evaluate_checkpoint(*_job(args))))
 
 
+def cmd_export(args):
+    from pathlib import Path
+    from mindedit import job
+    if args.run:  # a finished run: its own copy of the config
+        args.config, args.run_dir = str(Path(args.run) / "config.yaml"), args.run
+    elif not args.config:
+        raise SystemExit("error: export needs --run DIR (a finished run) or --config (with --run-dir)")
+    print(job.export_trained(*_job(args), args.out))
+
+
 def set_arg(sp):
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key, e.g. --set parallel.tp=2 --set stage1.steps=5 (repeatable)")
@@ -221,6 +231,19 @@ def build_parser() -> argparse.ArgumentParser:
                                     "checkpoint (the initial student if there is none). Prints one JSON line.")
     job_args(sp)
     sp.set_defaults(func=cmd_eval)
+    sp = sub.add_parser("export", help="export a finished run's student for HF transformers (again)",
+                        description="Writes the trained student (final checkpoint) as a directory HF transformers "
+                                    "loads: config.json in the nearest native format (DeepSeek-V3 for an "
+                                    "export_compatible MLA student of a dense model, the source's own for a plain "
+                                    "sliding window, else mindedit's remote code: trust_remote_code=True), "
+                                    "safetensors in the model's dtype, tokenizer and generation config. `run` "
+                                    "exports at its end; this redoes it, e.g. into another --out.")
+    sp.add_argument("--run", help="a finished run directory (uses its config.yaml)")
+    sp.add_argument("--config", help="job YAML, instead of --run")
+    sp.add_argument("--run-dir", help="with --config: the run directory (default runs/<name>)")
+    sp.add_argument("--out", help="output directory (default <run>/export)")
+    set_arg(sp)
+    sp.set_defaults(func=cmd_export)
     return p
 
 

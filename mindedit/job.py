@@ -7,7 +7,7 @@
     tokens = load_trained(models, run_dir)              the student of the final checkpoint
     final  = evaluate(cfg, models, shards, "final")
     report = write_report(run_dir, job_report(...))     report.json, report.md, plots/
-    export(models, shards, run_dir / "export")          the converted model (HF-style directory)
+    export(cfg, models, shards, run_dir / "export")     the converted model (a directory HF transformers loads)
 
 Everything lands in ``runs/<name>/``. Rerunning the same command resumes: data and the initial evaluation are
 reused, training continues from the newest valid checkpoint, finished stages are skipped. Training runs first, in
@@ -195,9 +195,20 @@ def load_trained(models: Models, run_dir: Path) -> dict:
     return dict(found[1]["tokens"])
 
 
-def export(models: Models, shards: Shards, out_dir: Path) -> Path:
-    from mindedit.io.export import save_pretrained
-    return save_pretrained(models.student, out_dir, shards.tokenizer)
+def export(cfg: JobConfig, models: Models, shards: Shards, out_dir: Path) -> Path:
+    """The student as a directory HF transformers loads (mindedit.io.export), with the teacher's tokenizer files."""
+    from mindedit.io.export import export_format, save_pretrained
+    out = save_pretrained(models.student, out_dir, shards.tokenizer, cfg.resolve_model_path())
+    log(f"exported {out} (format {export_format(models.student.config)})")
+    return out
+
+
+def export_trained(cfg: JobConfig, run_dir: Path, out_dir=None) -> Path:
+    """The finished run's student exported again (``python -m mindedit export``), by default to run_dir/export."""
+    shards = prepare_data(cfg, run_dir)
+    models = build(cfg, shards)
+    load_trained(models, run_dir)
+    return export(cfg, models, shards, Path(out_dir) if out_dir else Path(run_dir) / "export")
 
 
 # -- the orders of steps -------------------------------------------------------------------------------------
@@ -218,7 +229,7 @@ def run(cfg: JobConfig, run_dir: Path, progress: bool = True) -> dict:
     final = evaluate(cfg, models, shards, run_dir, "final", progress=progress)
     speed = dict(decode_speed(cfg, models, shards), **peak_rss())
     report = write_report(run_dir, job_report(cfg, models.student, init, final, tokens, speed, started))
-    log(f"exported {export(models, shards, run_dir / 'export')}")
+    export(cfg, models, shards, run_dir / "export")
     return report
 
 

@@ -63,11 +63,15 @@ class Rotary(nn.Cell):
 
     def __init__(self, dim: int, theta: float):
         super().__init__()
-        inv = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
-        self.inv_freq = ms.Tensor(inv.astype(np.float32))
+        self.inv_freq = standard_inv_freq(dim, theta)
 
     def cos_sin(self, start, length: int):
         return rotary_cos_sin(self.inv_freq, start, length)
+
+
+def standard_inv_freq(dim: int, theta: float):
+    """The rotary frequencies theta^(-2i/dim), i < dim/2, as HF computes them (float64, then float32)."""
+    return ms.Tensor((1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))).astype(np.float32))
 
 
 def rotary_cos_sin(inv_freq, start, length: int):

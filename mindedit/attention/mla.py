@@ -16,16 +16,25 @@ nonlinear in each head's key, which no longer exists at decode), so it is droppe
 query-side and is kept (``q_norm``, over the whole nope+rope query head). Initialisation (mindedit/edit)
 starts both close to the source; distillation learns the rest.
 
-Rotary frequencies of the rope channels are a buffer (``rotary_inv_freq``), because conversion from a
-GQA/MHA source keeps the most useful frequencies, not a contiguous spectrum.
+Rotary frequencies of the rope channels: the standard ones of ``target.rope_theta`` (an ``export_compatible``
+student, as DeepSeek-V3 computes them), or else a buffer (``rotary_inv_freq``, saved with the weights), because
+conversion from a GQA/MHA source may keep the most useful source frequencies, not a contiguous spectrum.
+The latent norms use DeepSeek-V3's epsilon (1e-6) whatever the source's.
 """
-import numpy as np
 import mindspore as ms
 from mindspore import Parameter, mint, nn, ops
 
 from ascend_ops import FusedAttention
 from mindedit.attention.caches import write_slots
-from mindedit.layers import RMSNorm, apply_rotary, linear, rotary_cos_sin
+from mindedit.layers import RMSNorm, apply_rotary, linear, rotary_cos_sin, standard_inv_freq
+
+LATENT_NORM_EPS = 1e-6  # DeepSeek-V3's kv_a_layernorm / q_a_layernorm
+
+
+def has_query_bias(cfg, target) -> bool:
+    """DeepSeek-V3's q_proj has no bias (its q_a_proj does): an export_compatible student of a source with q/k/v
+    bias drops the query bias when it has a full-rank q_proj."""
+    return cfg.attention_bias and (bool(target.q_lora_rank) or not target.export_compatible)
 
 
 class MLAAttention(nn.Cell):
@@ -47,22 +56,25 @@ class MLAAttention(nn.Cell):
         bias = cfg.attention_bias
         if self.q_rank:
             self.q_a_proj = linear(h, self.q_rank, bias, dtype)
-            self.q_a_layernorm = RMSNorm(self.q_rank, cfg.rms_norm_eps, dtype)
+            self.q_a_layernorm = RMSNorm(self.q_rank, LATENT_NORM_EPS, dtype)
             self.q_b_proj = linear(self.q_rank, n * qk, False, dtype)
         else:
-            self.q_proj = linear(h, n * qk, bias, dtype)
+            self.q_proj = linear(h, n * qk, has_query_bias(cfg, target), dtype)
         self.use_q_norm = target.q_norm
         if self.use_q_norm:
             self.q_norm = RMSNorm(qk, cfg.rms_norm_eps, dtype)
         self.kv_a_proj_with_mqa = linear(h, self.rank + self.rope, bias, dtype)
         self.latent_norm = target.latent_norm
         if self.latent_norm:
-            self.kv_a_layernorm = RMSNorm(self.rank, cfg.rms_norm_eps, dtype)
+            self.kv_a_layernorm = RMSNorm(self.rank, LATENT_NORM_EPS, dtype)
         self.kv_b_proj = linear(self.rank, n * (self.nope + self.v_dim), False, dtype)
-        self.o_proj = linear(n * self.v_dim, h, False, dtype)
-        inv = 1.0 / (cfg.rope_theta ** (np.arange(0, self.rope, 2, dtype=np.float64) / self.rope))
-        self.rotary_inv_freq = Parameter(ms.Tensor(inv.astype(np.float32)), name="rotary_inv_freq",
-                                         requires_grad=False)
+        self.o_proj = linear(n * self.v_dim, h, bias, dtype)  # (DeepSeek-V3: attention_bias covers o_proj too)
+        theta = getattr(target, "rope_theta", None)
+        if theta:
+            self.rotary_inv_freq = standard_inv_freq(self.rope, theta)
+        else:
+            self.rotary_inv_freq = Parameter(standard_inv_freq(self.rope, cfg.rope_theta), name="rotary_inv_freq",
+                                      requires_grad=False)
         scale = qk ** -0.5
         self.attn = FusedAttention(scale)
 

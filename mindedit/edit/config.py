@@ -20,8 +20,12 @@ class MLAConfig:
     v_head_dim: Optional[int] = None         # default: the source head_dim
     q_lora_rank: Optional[int] = None        # None: a full-rank q_proj
     q_norm: Optional[bool] = None            # per-head query RMSNorm; default: the source has q/k norms
+                                             # (and export_compatible is off)
     latent_norm: bool = True                 # kv_a_layernorm on the latent (DeepSeek layout)
     init: str = "rorope_svd"
+    export_compatible: bool = True           # a student DeepSeek-V3 can express (see resolve); false: any frequencies,
+                                             # a per-head query norm, the source's query bias
+    rope_theta: Optional[float] = None       # resolved: the rope key's standard frequencies (export_compatible only)
     kind: str = field(default="mla", init=False)
 
     def resolve(self, cfg, where: str = "target") -> "MLAConfig":
@@ -29,8 +33,11 @@ class MLAConfig:
         d = cfg.head_dim
         self.qk_nope_head_dim = self.qk_nope_head_dim or d
         self.v_head_dim = self.v_head_dim or d
+        if self.export_compatible and self.q_norm:
+            raise TargetError(f"{where}.q_norm=true: DeepSeek-V3 has no per-head query norm; set "
+                              f"export_compatible: false to keep one")
         if self.q_norm is None:
-            self.q_norm = cfg.qk_norm
+            self.q_norm = cfg.qk_norm and not self.export_compatible
         if self.init not in MLA_INITS:
             raise TargetError(f"{where}.init={self.init!r}: expected one of {MLA_INITS}")
         if self.qk_rope_head_dim <= 0 or self.qk_rope_head_dim % 2:
@@ -47,7 +54,31 @@ class MLAConfig:
         if self.init != "random" and (self.qk_nope_head_dim != d or self.v_head_dim != d):
             raise TargetError(f"{where}: init {self.init!r} keeps the source head_dim={d}; qk_nope_head_dim="
                               f"{self.qk_nope_head_dim} and v_head_dim={self.v_head_dim} need init: random")
+        if self.export_compatible:
+            self._resolve_compatible(cfg, where)
+        elif self.rope_theta is not None:
+            raise TargetError(f"{where}.rope_theta={self.rope_theta}: only with export_compatible: true (otherwise "
+                              f"the init chooses each rotary channel's frequency)")
         return self
+
+    def _resolve_compatible(self, cfg, where):
+        """What DeepSeek-V3 (HF transformers, vLLM, SGLang) can express: rotary frequencies the standard ones for
+        qk_rope_head_dim (theta^(-2i/rope)), no per-head query norm, a latent norm. The rope key keeps every k-th
+        source frequency (k = head_dim // qk_rope_head_dim), which are exactly the standard ones of rope_theta =
+        source_theta^(k * rope / head_dim); a source query norm is folded into q_proj by the init."""
+        d, rope = cfg.head_dim, self.qk_rope_head_dim
+        if not self.latent_norm:
+            raise TargetError(f"{where}.latent_norm=false: DeepSeek-V3 always norms the latent; set "
+                              f"export_compatible: false")
+        if rope > d:
+            raise TargetError(f"{where}.qk_rope_head_dim={rope}: export_compatible keeps source frequencies, at most "
+                              f"head_dim={d}; set export_compatible: false for more")
+        step = d // rope
+        theta = float(cfg.rope_theta ** (step * rope / d))
+        if self.rope_theta is not None and abs(self.rope_theta - theta) > 1e-6 * theta:
+            raise TargetError(f"{where}.rope_theta={self.rope_theta}: export_compatible derives it from the source "
+                              f"({theta:g} for qk_rope_head_dim={rope}); leave it unset")
+        self.rope_theta = theta
 
 
 @dataclass

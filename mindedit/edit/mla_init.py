@@ -16,9 +16,14 @@ Latent part. Non-rotary keys and values of all KV heads are fitted jointly from 
 rank-r bottleneck: reduced-rank regression, i.e. the SVD of the fitted outputs W X^T on calibration
 activations (for a source without key norms, exactly the SVD of W X^T), with keys and values balanced to equal
 Frobenius norm first. Sources with per-head q/k RMSNorm (Qwen3): targets are the normed keys, fitted by least
-squares; the query norm is kept over the extended head, its weight rescaled by the measured RMS ratio.
+squares; the query norm is kept over the extended head, its weight rescaled by the measured RMS ratio, or, for an
+``export_compatible`` student (DeepSeek-V3 has no per-head query norm), the normed queries are fitted by least
+squares like the keys. Such a student's rope key keeps every k-th source frequency, the standard spectrum of its
+own dimension (mindedit.edit.config.MLAConfig).
 """
 import numpy as np
+
+from mindedit.attention.mla import has_query_bias
 
 RIDGE = 1e-7
 
@@ -72,8 +77,10 @@ def source_projections(src, x, cfg):
     return q, k, v
 
 
-def select_channels(q, k, group: int, n_channels: int, strategy: str):
-    """Returns a list of (frequency index f, u [Hk]) ranked by expected |q.k| contribution, best first."""
+def select_channels(q, k, group: int, n_channels: int, strategy: str, step: int = 0):
+    """Returns a list of (frequency index f, u [Hk]) ranked by expected |q.k| contribution, best first. With
+    ``step`` (export_compatible): the best channel at each of the frequencies 0, step, 2 step, ... instead, the
+    standard spectrum of a rope key of 2 x n_channels dims."""
     n, h, d = q.shape
     hk, half = k.shape[1], d // 2
     pair = lambda a, f: a[..., [f, f + half]]  # noqa: E731  [..., heads, 2]
@@ -92,6 +99,12 @@ def select_channels(q, k, group: int, n_channels: int, strategy: str):
             q_size = sum(abs(u[hh // group]) * qn[f, hh] for hh in range(h))
             candidates.append((q_size * k_size, f, u))
     candidates.sort(key=lambda c: -c[0])
+    if step:
+        best = {}
+        for _, f, u in candidates:
+            if f % step == 0 and f // step < n_channels:
+                best.setdefault(f, u)
+        return sorted(best.items())
     return [(f, u) for _, f, u in candidates[:n_channels]]
 
 
@@ -108,7 +121,8 @@ def init_mla_layer(src: dict, x: np.ndarray, cfg, target, rope_theta: float, rng
     x = x.astype(np.float64)
     xa = _aug(x)
     q, k, v = source_projections(src, x, cfg)
-    channels = select_channels(q, k, group, n_ch, target.init)
+    step = d // dr if target.export_compatible else 0
+    channels = select_channels(q, k, group, n_ch, target.init, step)
     channels.sort(key=lambda c: c[0])
     inv_freq = 1.0 / (rope_theta ** (np.arange(0, d, 2) / d))
 
@@ -138,16 +152,26 @@ def init_mla_layer(src: dict, x: np.ndarray, cfg, target, rope_theta: float, rng
                            np.stack([up_v[:, hh // group] for hh in range(h)], 0)], axis=2)  # [H, r, 2D]
     out = {"kv_a_proj_with_mqa.weight": kv_a[:-1].T,
            "kv_b_proj.weight": kv_b.transpose(0, 2, 1).reshape(h * 2 * d, -1),
-           "o_proj.weight": src["o_proj.weight"],
-           "rotary_inv_freq": np.array([inv_freq[f] for f, _ in channels])}
+           "o_proj.weight": src["o_proj.weight"]}
+    if not target.export_compatible:  # (compatible: the standard frequencies of target.rope_theta, the same ones)
+        out["rotary_inv_freq"] = np.array([inv_freq[f] for f, _ in channels])
     if cfg.attention_bias:
         out["kv_a_proj_with_mqa.bias"] = kv_a[-1]
+        out["o_proj.bias"] = np.zeros(cfg.hidden_size)
     if target.latent_norm:
         out["kv_a_layernorm.weight"] = np.full(target.kv_lora_rank, np.sqrt(np.mean(c * c, axis=1)).mean())
 
-    # queries: the source head (non-rotary part) and u_{g(h)} q_{h,f} per channel (rotary part), pre-norm
-    wq = src["q_proj.weight"].reshape(h, d, -1)
-    bq = src.get("q_proj.bias", np.zeros(h * d)).reshape(h, d)
+    # queries: the source head (non-rotary part) and u_{g(h)} q_{h,f} per channel (rotary part), pre-norm; a
+    # student without the source's query norm or bias (export_compatible) starts from the least-squares linear
+    # map to the source's (normed) queries instead
+    q_bias = has_query_bias(cfg, target)
+    if target.q_norm or (not cfg.qk_norm and q_bias == cfg.attention_bias):
+        wq = src["q_proj.weight"].reshape(h, d, -1)
+        bq = src.get("q_proj.bias", np.zeros(h * d)).reshape(h, d)
+    else:
+        fit = lstsq(xa if q_bias else x, q.reshape(len(x), h * d))
+        wq = fit[:x.shape[1]].T.reshape(h, d, -1)
+        bq = (fit[-1] if q_bias else np.zeros(h * d)).reshape(h, d)
     rows, bias = [], []
     for hh in range(h):
         u_h = np.array([u[hh // group] for _, u in channels])
@@ -180,6 +204,6 @@ def init_mla_layer(src: dict, x: np.ndarray, cfg, target, rope_theta: float, rng
         out["q_a_layernorm.weight"] = np.full(target.q_lora_rank, np.sqrt(np.mean(cq * cq, axis=1)).mean())
     else:
         out["q_proj.weight"] = wq_s
-        if cfg.attention_bias:
+        if q_bias:
             out["q_proj.bias"] = bq_s
     return out

@@ -50,22 +50,13 @@ class ModelConfig:
         return [] if e is None else ([e] if isinstance(e, int) else list(e))
 
     def to_hf_dict(self) -> dict:
-        """An HF-style config.json body for the same architecture."""
+        """The source architecture's own HF config.json body (without the conversion: mindedit.io.export adds
+        the format a converted model is exported in)."""
         arch = {"qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM", "qwen2": "Qwen2ForCausalLM",
                 "llama": "LlamaForCausalLM"}[self.model_type]
-        d = {k: v for k, v in asdict(self).items() if k not in ("qk_norm",)}
+        d = {k: v for k, v in asdict(self).items() if k not in ("qk_norm", "attention_target")}
         d["architectures"] = [arch]
         d["hidden_act"] = "silu"
-        target = d.pop("attention_target")
-        if target:  # the authoritative key, plus the fields serving stacks read for each kind
-            d["attention_target"] = target
-            if target["kind"] == "mla":
-                d.update({k: target[k] for k in ("kv_lora_rank", "q_lora_rank", "qk_rope_head_dim",
-                                                 "qk_nope_head_dim", "v_head_dim")})
-            else:
-                d.update(layer_types=[t + "_attention" for t in target["layer_types"]],
-                         sliding_window=target["window"], attention_sink_tokens=target["sink_tokens"],
-                         attention_gate=target["gate"])
         if self.num_experts == 0:
             for k in ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob",
                       "decoder_sparse_step", "mlp_only_layers"):
@@ -78,6 +69,14 @@ class ModelConfig:
             if key not in d:
                 raise ConfigError(f"{source}: missing key {key!r}")
             return d[key]
+
+        if "mindedit" in d:  # a mindedit export: its own description is authoritative, whatever format is on top
+            try:
+                cfg = cls(**d["mindedit"])
+            except TypeError as e:
+                raise ConfigError(f"{source}: key 'mindedit': {e}") from None
+            cfg.validate(source)
+            return cfg
 
         model_type = need("model_type")
         if model_type not in SUPPORTED:
@@ -126,6 +125,8 @@ class ModelConfig:
         return cfg
 
     def validate(self, source: str = "config"):
+        if self.model_type not in SUPPORTED:
+            raise ConfigError(f"{source}: model_type {self.model_type!r} is not supported; expected one of {SUPPORTED}")
         for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                     "num_key_value_heads", "head_dim"):
             v = getattr(self, key)
