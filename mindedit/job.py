@@ -6,6 +6,7 @@
     init   = evaluate(cfg, models, shards, "init")      teacher vs the untrained student
     tokens = load_trained(models, run_dir)              the student of the final checkpoint
     final  = evaluate(cfg, models, shards, "final")
+    scores = task_scores(cfg, models, shards, run_dir)  zero-shot tasks (lm-eval prompts), teacher vs student
     report = write_report(run_dir, job_report(...))     report.json, report.md, plots/
     export(cfg, models, shards, run_dir / "export")     the converted model (a directory HF transformers loads)
 
@@ -122,6 +123,27 @@ def evaluate(cfg: JobConfig, models: Models, shards: Shards, run_dir: Path, tag:
     return result
 
 
+def task_scores(cfg: JobConfig, models: Models, shards: Shards, run_dir: Path, tasks=None, limit=None,
+                reuse: bool = True, progress: bool = True) -> dict:
+    """Zero-shot task accuracies, teacher vs student (mindedit.eval.tasks): eval.tasks, the first eval.task_limit
+    items of each (or ``tasks`` / ``limit`` given), saved as tasks.json and read back on a rerun when ``reuse``."""
+    from mindedit.eval.tasks import evaluate_tasks
+    tasks = cfg.eval["tasks"] if tasks is None else tasks
+    limit = cfg.eval["task_limit"] if limit is None else limit
+    path = Path(run_dir) / "tasks.json"
+    if reuse and path.is_file():
+        saved = json.loads(path.read_text())
+        if saved["tasks"] == list(tasks) and saved["limit"] == limit:
+            return saved["scores"]
+    if not tasks:
+        return {}
+    log(f"tasks: {', '.join(tasks)} ({f'first {limit} items each' if limit else 'all items'}), teacher vs student")
+    scores = evaluate_tasks(models.teacher, models.student, shards.tokenizer, tasks, limit, progress)
+    atomic_write_json(path, {"tasks": list(tasks), "limit": limit, "scores": scores})
+    free_graph_memory()
+    return scores
+
+
 def decode_speed(cfg: JobConfig, models: Models, shards: Shards) -> dict:
     """Greedy decode of eval.decode_tokens after a prompt that fills the eval context, each model with its own
     caches (steady-state tokens/s: compiles excluded); Nones when eval.decode_tokens is 0."""
@@ -227,8 +249,9 @@ def run(cfg: JobConfig, run_dir: Path, progress: bool = True) -> dict:
     init = evaluate(cfg, models, shards, run_dir, "init", progress=progress)
     tokens = load_trained(models, run_dir)
     final = evaluate(cfg, models, shards, run_dir, "final", progress=progress)
+    scores = task_scores(cfg, models, shards, run_dir, progress=progress)
     speed = dict(decode_speed(cfg, models, shards), **peak_rss())
-    report = write_report(run_dir, job_report(cfg, models.student, init, final, tokens, speed, started))
+    report = write_report(run_dir, job_report(cfg, models.student, init, final, tokens, speed, started, scores))
     export(cfg, models, shards, run_dir / "export")
     return report
 
@@ -259,8 +282,9 @@ def worker(cfg: JobConfig, run_dir: Path):
     write_rank_summary(run_dir, models, layout)
 
 
-def evaluate_checkpoint(cfg: JobConfig, run_dir: Path) -> dict:
-    """Teacher vs the student of the newest valid checkpoint (the initial student if there is none)."""
+def evaluate_checkpoint(cfg: JobConfig, run_dir: Path, tasks=None, limit: int = 0) -> dict:
+    """Teacher vs the student of the newest valid checkpoint (the initial student if there is none): perplexity,
+    KL and agreement, or the zero-shot ``tasks`` (the first ``limit`` items of each; 0: all)."""
     from mindedit.io import checkpoint
     shards = prepare_data(cfg, run_dir)
     models = build(cfg, shards)
@@ -268,6 +292,8 @@ def evaluate_checkpoint(cfg: JobConfig, run_dir: Path) -> dict:
     if found:
         checkpoint.load(found[0], models.weights, {})
         log(f"student from {found[0]}")
+    if tasks:
+        return task_scores(cfg, models, shards, run_dir, tasks, limit, reuse=False)
     return evaluate(cfg, models, shards, run_dir, "cli", reuse=False)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import mindspore as ms
 from safetensors.numpy import load_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +71,10 @@ def test_job_writes_report_plots_summary_and_export(finished_run):
     for stage in ("stage1", "stage2"):
         assert report["speed"][stage]["tokens_per_s"] > 0 and report["speed"][stage]["compile_s"] >= 0, stage
     assert "teacher ppl" in out and "dashboard: bash scripts/dashboard.sh" in out
-    for png in ("loss.png", "stage1_layers.png", "perplexity.png"):
+    assert set(report["tasks"]) == {"arc_easy", "mmlu"} and report["tasks"]["mmlu"]["n"] == 6
+    assert 0 <= report["tasks"]["arc_easy"]["student"]["acc_norm"] <= 1
+    assert "| arc_easy | 6 | acc_norm |" in (run_dir / "report.md").read_text()
+    for png in ("loss.png", "stage1_layers.png", "perplexity.png", "tasks.png"):
         assert (run_dir / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| perplexity |" in (run_dir / "report.md").read_text()
     assert list((run_dir / "summary").glob("events.out.events.summary.*"))
@@ -80,7 +84,14 @@ def test_job_writes_report_plots_summary_and_export(finished_run):
     from mindedit.models import from_pretrained
     model = from_pretrained(run_dir / "export")
     assert model.config.attention_target["kind"] == "gateswa"
-    assert (run_dir / "export/tokenizer.json").is_file()
+    # the export is what HF transformers loads, with the tokenizer the job trained on
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    hf = AutoModelForCausalLM.from_pretrained(run_dir / "export", trust_remote_code=True, dtype=torch.float32)
+    ids = AutoTokenizer.from_pretrained(run_dir / "export")("The state of the union is strong.")["input_ids"]
+    with torch.no_grad():
+        theirs = hf(torch.tensor([ids])).logits.numpy()
+    np.testing.assert_allclose(theirs, model(ms.Tensor([ids], ms.int32)).asnumpy(), atol=1e-4, rtol=1e-4)
     # a rerun of a finished job trains nothing and reproduces the report
     again = finish(job(run_dir))
     assert "already finished" in again and json.loads((run_dir / "report.json").read_text())["kl"] == report["kl"]

@@ -1,5 +1,6 @@
 """The job's report: ``report.json`` (the numbers), ``report.md`` (for people) and ``plots/*.png``: loss curves per
-stage, the per-layer stage-1 loss at the start and end, and perplexity of teacher / initial / trained student."""
+stage (smoothed over the raw steps), the per-layer stage-1 loss at the start and end, perplexity of teacher /
+initial / trained student, task accuracies of teacher and student."""
 import json
 import statistics
 import time
@@ -9,10 +10,12 @@ from mindedit.utils.files import atomic_write_json, atomic_write_text
 from mindedit.utils.metrics import read
 
 
-def job_report(cfg, student, init: dict, final: dict, tokens: dict, speed: dict, started: float) -> dict:
+def job_report(cfg, student, init: dict, final: dict, tokens: dict, speed: dict, started: float,
+               tasks: dict = None) -> dict:
     """The numbers of report.json: teacher vs student before and after training (mindedit.eval.compare), the KV
     accounting at the eval context and the config's contexts, the attention the student got, tokens trained per
-    stage, decode speed and cache bytes (mindedit.job.decode_speed), minutes since ``started``."""
+    stage, decode speed and cache bytes (mindedit.job.decode_speed), task accuracies (mindedit.eval.tasks),
+    minutes since ``started``."""
     from dataclasses import asdict
     from mindedit.eval.kv import kv_report
     kv = kv_report(student.config, student.target, sorted({cfg.eval["seq_len"], *cfg.contexts}), cfg.kv_dtype_bytes)
@@ -27,7 +30,7 @@ def job_report(cfg, student, init: dict, final: dict, tokens: dict, speed: dict,
         "kv_reduction": at_eval["reduction"], "kv": kv,
         "attention": asdict(student.target), "window_errors": student.window_errors,
         "tokens_stage1": tokens.get("stage1", 0), "tokens_stage2": tokens.get("stage2", 0),
-        **speed, "minutes": (time.time() - started) / 60,
+        **speed, "tasks": tasks or {}, "minutes": (time.time() - started) / 60,
     }
 
 
@@ -84,6 +87,10 @@ def markdown(r: dict) -> str:
         lines += ["", f"Full-attention layers{how}: {', '.join(map(str, full))}; the other "
                       f"{len(a['layer_types']) - len(full)} use a {a['window']}-token window + {a['sink_tokens']} "
                       f"sink tokens."]
+    if r.get("tasks"):
+        from mindedit.eval.tasks import format_tasks
+        lines += ["", "Tasks (zero-shot log-likelihood multiple choice, lm-evaluation-harness prompts; accuracy in %, "
+                      "± standard error; the delta is paired over the same items):", "", format_tasks(r["tasks"])]
     lines += ["", "KV cache (bytes at the config's kv_dtype):", "",
               "| context | teacher | student | reduction |", "|---|---|---|---|"]
     for c in r["kv"]["contexts"]:
@@ -121,11 +128,11 @@ def plot(run_dir: Path, rows: list, r: dict) -> list:
         fig, axes = plt.subplots(1, len(stages), figsize=(5.5 * len(stages), 3.8), squeeze=False)
         for ax, s in zip(axes[0], stages):
             pts = [x for x in rows if x["stage"] == s]
-            ax.plot([x["tokens"] for x in pts], [x["loss"] for x in pts], label="loss")
-            if s == "stage2":
-                for term in ("feature", "ce"):
-                    if any(x.get(term) for x in pts):
-                        ax.plot([x["tokens"] for x in pts], [x[term] for x in pts], label=term)
+            terms = ["loss"] + [t for t in ("feature", "ce") if s == "stage2" and any(x.get(t) for x in pts)]
+            for term, color in zip(terms, ("#4c72b0", "#dd8452", "#55a868")):
+                x, y = [p["tokens"] for p in pts], [p[term] for p in pts]
+                ax.plot(x, y, color=color, alpha=0.3, linewidth=0.8)   # the raw steps, faint
+                ax.plot(x, smoothed(y), color=color, label=f"{term} (smoothed)")
             ax.set(title=f"{s} loss", xlabel="tokens", yscale="log")
             ax.legend()
         save(fig, "loss.png")
@@ -140,6 +147,19 @@ def plot(run_dir: Path, rows: list, r: dict) -> list:
             ax.set_yscale("symlog", linthresh=1e-4)
             ax.legend()
             save(fig, "stage1_layers.png")
+    if r.get("tasks"):
+        names = list(r["tasks"])
+        fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(names), 3.6))
+        for k, (who, color) in enumerate((("teacher", "#4c72b0"), ("student", "#55a868"))):
+            acc = [100 * r["tasks"][n][who]["acc_norm"] for n in names]
+            err = [100 * r["tasks"][n][who]["acc_norm_stderr"] for n in names]
+            bars = ax.bar([i + (k - 0.5) * 0.38 for i in range(len(names))], acc, 0.38, yerr=err, color=color,
+                          label=who, capsize=3)
+            ax.bar_label(bars, fmt="%.1f", fontsize=8)
+        ax.set_xticks(range(len(names)), [f"{n}\n(n={r['tasks'][n]['n']})" for n in names])
+        ax.set(title="zero-shot acc_norm (%)", ylim=(0, 100))
+        ax.legend()
+        save(fig, "tasks.png")
     fig, ax = plt.subplots(figsize=(4.8, 3.6))
     names, values = ["teacher", "student\n(init)", "student"], [r["teacher_ppl"], r["student_ppl_init"],
                                                                r["student_ppl"]]
@@ -148,6 +168,15 @@ def plot(run_dir: Path, rows: list, r: dict) -> list:
     ax.set(title=f"perplexity at context {r['eval_context']}", yscale="log")
     save(fig, "perplexity.png")
     return written
+
+
+def smoothed(values: list, span: int = 10) -> list:
+    """Exponential moving average (bias-corrected, so the first points are not pulled to zero) over ~span steps."""
+    alpha, avg, out = 2.0 / (span + 1), 0.0, []
+    for i, v in enumerate(values):
+        avg = alpha * v + (1 - alpha) * avg
+        out.append(avg / (1 - (1 - alpha) ** (i + 1)))
+    return out
 
 
 def load(run_dir) -> dict:
