@@ -8,7 +8,8 @@ Every error names the file and the key. Sections so far:
     data: {train: [globs], eval: [globs], seq_len}      text files (relative to the config, or asset:sotu/...)
     train: {seed, batch_size, grad_accum, checkpoint_every, stage1: {...}, stage2: {...}}   (a stage may set its
            own seq_len: stage 2 of a GateSWA job wants contexts well beyond the window)
-    eval: {contexts: [...], seq_len, max_windows, decode_tokens, tasks: [...], task_limit}
+    eval: {contexts: [...], seq_len, max_windows, decode_tokens, tasks: [...], task_limit, needle_contexts: [...],
+           needle_depths: [...]}
     parallel: {dp, tp, pp, ep, micro_batches, schedule}   (mindedit.parallel; world size = dp * tp * pp)
     cluster: {launcher, master, nodes, ssh, env, cluster_time_out}   (cluster/config.py; default: this machine)
 Any key can be overridden from the command line (``--set parallel.tp=2``, ``--set train.stage1.steps=5``; the
@@ -42,7 +43,8 @@ SCHEMAS = {
                          feature_layers=(list, []), ce_weight=(float, 0.0), trainable=(str, "attention")),
     "eval": {"contexts": (list, [4096, 32768]), "seq_len": (int, 1024), "max_windows": (int, 8),
              "decode_tokens": (int, 32), "tasks": (list, ["arc_easy", "arc_challenge", "hellaswag", "mmlu"]),
-             "task_limit": (int, 100)},
+             "task_limit": (int, 100), "needle_contexts": (list, [2048, 4096, 8192]),
+             "needle_depths": (list, [0.1, 0.5, 0.9])},
     "parallel": {"dp": (int, 1), "tp": (int, 1), "pp": (int, 1), "ep": (int, 1), "micro_batches": (int, 1),
                  "schedule": (str, "gpipe")},
 }
@@ -204,6 +206,12 @@ def load_job_config(path, overrides=()) -> JobConfig:
     if not all(isinstance(c, int) and c > 0 for c in contexts):
         raise JobConfigError(f"{path}: eval.contexts={contexts!r}: expected a list of positive token counts")
     cfg.contexts = contexts
+    for key in ("needle_contexts", "needle_depths"):
+        ok = int if key == "needle_contexts" else (int, float)
+        if not all(isinstance(v, ok) and v >= 0 for v in cfg.eval[key]) or (
+                key == "needle_depths" and any(v > 1 for v in cfg.eval[key])):
+            raise JobConfigError(f"{path}: eval.{key}={cfg.eval[key]!r}: expected a list of "
+                                 + ("token counts" if key == "needle_contexts" else "depths between 0 and 1"))
     from mindedit.eval.tasks import TASKS
     bad = [t for t in cfg.eval["tasks"] if t not in TASKS]
     if bad:

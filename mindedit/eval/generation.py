@@ -10,6 +10,16 @@ from mindedit.errors import MindeditError
 from mindedit.utils.progress import Progress
 
 
+def compiled_step(model):
+    """The model's cached step, jitted once per model and kept on it (so it lives as long as the model): its
+    graphs, one per input shape, are reused by every generation instead of compiled again for each."""
+    step = model.__dict__.get("_generation_step")
+    if step is None:
+        step = ms.jit(model.construct)
+        object.__setattr__(model, "_generation_step", step)
+    return step
+
+
 def greedy_generate(model, prompt_ids, max_new_tokens: int, eos_ids=(), use_cache: bool = True,
                     progress: bool = False, capacity_multiple: int = 64, keep_logits: bool = False) -> dict:
     """prompt_ids [B, T] (or a flat list for B=1). Returns {"tokens": [B, n] new ids, "seconds",
@@ -37,7 +47,7 @@ def greedy_generate(model, prompt_ids, max_new_tokens: int, eos_ids=(), use_cach
         need = prompt_len + max_new_tokens
         capacity = -(-need // capacity_multiple) * capacity_multiple
         caches = model.init_caches(batch, capacity)
-        step = ms.jit(model.construct)
+        step = compiled_step(model)
     else:
         caches, step = None, model
     pos, step_input, prefill_seconds, stamps, kept = 0, ids, None, [], []

@@ -1,6 +1,6 @@
 """The job's report: ``report.json`` (the numbers), ``report.md`` (for people) and ``plots/*.png``: loss curves per
 stage (smoothed over the raw steps), the per-layer stage-1 loss at the start and end, perplexity of teacher /
-initial / trained student, task accuracies of teacher and student."""
+initial / trained student, task accuracies of teacher and student, the needle grid as a heat map."""
 import json
 import statistics
 import time
@@ -11,11 +11,11 @@ from mindedit.utils.metrics import read
 
 
 def job_report(cfg, student, init: dict, final: dict, tokens: dict, speed: dict, started: float,
-               tasks: dict = None) -> dict:
+               tasks: dict = None, needle: dict = None) -> dict:
     """The numbers of report.json: teacher vs student before and after training (mindedit.eval.compare), the KV
     accounting at the eval context and the config's contexts, the attention the student got, tokens trained per
-    stage, decode speed and cache bytes (mindedit.job.decode_speed), task accuracies (mindedit.eval.tasks),
-    minutes since ``started``."""
+    stage, decode speed and cache bytes (mindedit.job.decode_speed), task accuracies (mindedit.eval.tasks), the
+    needle grid (mindedit.eval.needle), minutes since ``started``."""
     from dataclasses import asdict
     from mindedit.eval.kv import kv_report
     kv = kv_report(student.config, student.target, sorted({cfg.eval["seq_len"], *cfg.contexts}), cfg.kv_dtype_bytes)
@@ -30,7 +30,7 @@ def job_report(cfg, student, init: dict, final: dict, tokens: dict, speed: dict,
         "kv_reduction": at_eval["reduction"], "kv": kv,
         "attention": asdict(student.target), "window_errors": student.window_errors,
         "tokens_stage1": tokens.get("stage1", 0), "tokens_stage2": tokens.get("stage2", 0),
-        **speed, "tasks": tasks or {}, "minutes": (time.time() - started) / 60,
+        **speed, "tasks": tasks or {}, "needle": needle or {}, "minutes": (time.time() - started) / 60,
     }
 
 
@@ -91,6 +91,14 @@ def markdown(r: dict) -> str:
         from mindedit.eval.tasks import format_tasks
         lines += ["", "Tasks (zero-shot log-likelihood multiple choice, lm-evaluation-harness prompts; accuracy in %, "
                       "± standard error; the delta is paired over the same items):", "", format_tasks(r["tasks"])]
+    n = r.get("needle")
+    if n:
+        lines += ["", "Needle in a haystack (RULER's single needle in essays; 1 = the 7-digit value retrieved), "
+                      "teacher / student:", "",
+                  "| depth | " + " | ".join(f"{c:,} tokens" for c in n["contexts"]) + " |",
+                  "|---|" + "---|" * len(n["contexts"])]
+        for d, t, s in zip(n["depths"], n["teacher"], n["student"]):
+            lines.append(f"| {d:.0%} | " + " | ".join(f"{a} / {b}" for a, b in zip(t, s)) + " |")
     lines += ["", "KV cache (bytes at the config's kv_dtype):", "",
               "| context | teacher | student | reduction |", "|---|---|---|---|"]
     for c in r["kv"]["contexts"]:
@@ -160,6 +168,19 @@ def plot(run_dir: Path, rows: list, r: dict) -> list:
         ax.set(title="zero-shot acc_norm (%)", ylim=(0, 100))
         ax.legend()
         save(fig, "tasks.png")
+    n = r.get("needle")
+    if n:
+        fig, axes = plt.subplots(1, 2, figsize=(2.6 + 1.4 * len(n["contexts"]), 0.7 + 0.55 * len(n["depths"])),
+                                 squeeze=False)
+        for ax, who in zip(axes[0], ("teacher", "student")):
+            ax.imshow(n[who], cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+            ax.set_xticks(range(len(n["contexts"])), [f"{c // 1024}K" if c >= 1024 else str(c) for c in n["contexts"]])
+            ax.set_yticks(range(len(n["depths"])), [f"{d:.0%}" for d in n["depths"]])
+            for i, row in enumerate(n[who]):
+                for j, v in enumerate(row):
+                    ax.text(j, i, "found" if v else "missed", ha="center", va="center", fontsize=8)
+            ax.set(title=f"needle: {who}", xlabel="context", ylabel="depth")
+        save(fig, "needle.png")
     fig, ax = plt.subplots(figsize=(4.8, 3.6))
     names, values = ["teacher", "student\n(init)", "student"], [r["teacher_ppl"], r["student_ppl_init"],
                                                                r["student_ppl"]]
