@@ -74,7 +74,7 @@ class MLAAttention(nn.Cell):
             self.rotary_inv_freq = standard_inv_freq(self.rope, theta)
         else:
             self.rotary_inv_freq = Parameter(standard_inv_freq(self.rope, cfg.rope_theta), name="rotary_inv_freq",
-                                      requires_grad=False)
+                                             requires_grad=False)
         scale = qk ** -0.5
         self.attn = FusedAttention(scale)
 

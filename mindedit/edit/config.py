@@ -63,9 +63,10 @@ class MLAConfig:
 
     def _resolve_compatible(self, cfg, where):
         """What DeepSeek-V3 (HF transformers, vLLM, SGLang) can express: rotary frequencies the standard ones for
-        qk_rope_head_dim (theta^(-2i/rope)), no per-head query norm, a latent norm. The rope key keeps every k-th
-        source frequency (k = head_dim // qk_rope_head_dim), which are exactly the standard ones of rope_theta =
-        source_theta^(k * rope / head_dim); a source query norm is folded into q_proj by the init."""
+        qk_rope_head_dim (theta^(-2i/rope)), no per-head query norm, a latent norm, no bias on a full-rank q_proj.
+        The rope key keeps every k-th source frequency (k = head_dim // qk_rope_head_dim), which are exactly the
+        standard ones of rope_theta = source_theta^(k * rope / head_dim); the init fits the source's normed (Qwen3)
+        or biased (Qwen2) queries by least squares."""
         d, rope = cfg.head_dim, self.qk_rope_head_dim
         if not self.latent_norm:
             raise TargetError(f"{where}.latent_norm=false: DeepSeek-V3 always norms the latent; set "

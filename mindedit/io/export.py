@@ -99,7 +99,8 @@ def write_weights(out: Path, tensors: dict, max_shard_bytes: int):
 
 def write_tokenizer(out: Path, tokenizer, cfg, source):
     """tokenizer.json, and the source's tokenizer_config / special tokens / chat template / generation config when
-    it is an HF directory; for a GGUF source, a tokenizer_config and generation_config written from its ids."""
+    it is an HF directory; for a GGUF source, a tokenizer_config (with the GGUF's chat template) and
+    generation_config written from its ids."""
     if tokenizer is not None:
         tokenizer.save(str(out / "tokenizer.json"))
     src = Path(source) if source is not None else None
@@ -121,6 +122,11 @@ def write_tokenizer(out: Path, tokenizer, cfg, source):
                          ("eos_token", eos)):
             if ids and tokenizer.id_to_token(ids[0]) is not None:
                 tc[key] = tokenizer.id_to_token(ids[0])
+        if src is not None and src.suffix == ".gguf":
+            from mindedit.io.gguf import tokenizer_spec
+            template = tokenizer_spec(src)["chat_template"]
+            if template:
+                tc["chat_template"] = template
         (out / "tokenizer_config.json").write_text(json.dumps(tc, indent=2) + "\n")
 
 
