@@ -25,7 +25,7 @@ PROMPT = ("A special magic number is hidden within the following text. Make sure
           "text? The special magic number for {key} mentioned in the provided text is")
 NEEDLE = "One of the special magic numbers for {key} is: {value}."
 KEYS = ("lighthouse", "marmalade", "tundra", "saxophone", "orchid", "granite", "velvet", "comet")
-ANSWER_TOKENS = 12
+ANSWER_TOKENS = 16  # (= the SmolLM2 jobs' eval.decode_tokens: a 2,048 needle prompt reuses their decode graphs)
 
 
 def essay_text() -> str:
