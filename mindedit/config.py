@@ -206,12 +206,12 @@ def load_job_config(path, overrides=()) -> JobConfig:
     if not all(isinstance(c, int) and c > 0 for c in contexts):
         raise JobConfigError(f"{path}: eval.contexts={contexts!r}: expected a list of positive token counts")
     cfg.contexts = contexts
-    for key in ("needle_contexts", "needle_depths"):
-        ok = int if key == "needle_contexts" else (int, float)
-        if not all(isinstance(v, ok) and v >= 0 for v in cfg.eval[key]) or (
-                key == "needle_depths" and any(v > 1 for v in cfg.eval[key])):
-            raise JobConfigError(f"{path}: eval.{key}={cfg.eval[key]!r}: expected a list of "
-                                 + ("token counts" if key == "needle_contexts" else "depths between 0 and 1"))
+    needle = cfg.eval["needle_contexts"]
+    if not all(isinstance(c, int) and c > 0 for c in needle):
+        raise JobConfigError(f"{path}: eval.needle_contexts={needle!r}: expected a list of positive token counts")
+    depths = cfg.eval["needle_depths"]
+    if not all(isinstance(d, (int, float)) and 0 <= d <= 1 for d in depths):
+        raise JobConfigError(f"{path}: eval.needle_depths={depths!r}: expected a list of depths between 0 and 1")
     from mindedit.eval.tasks import TASKS
     bad = [t for t in cfg.eval["tasks"] if t not in TASKS]
     if bad:

@@ -33,6 +33,7 @@ TASKS = ("arc_easy", "arc_challenge", "hellaswag", "mmlu")
 BATCH_TOKENS = 1024  # tokens per compiled batch (rows x bucket length)
 MIN_BUCKET = 64
 CANDIDATES = 4       # last-position targets scored per sequence
+DELIMITER = " "      # between prompt and choice: lm-eval's target_delimiter for all four tasks
 
 
 @dataclass
@@ -40,7 +41,6 @@ class Item:
     context: str
     choices: list      # choice texts (what acc_norm's length counts)
     gold: int
-    delimiter: str = " "
 
 
 def read_arrow(directory: Path) -> list:
@@ -148,11 +148,12 @@ def pack(requests: list) -> tuple:
     return sequences, where
 
 
-def loglikelihoods(teacher, student, requests: list, bar=None) -> np.ndarray:
+def loglikelihoods(teacher, student, requests: list, desc: str = None) -> np.ndarray:
     """requests: (context ids, continuation ids) pairs -> [n, 2] summed continuation log-likelihoods (teacher,
-    student)."""
+    student); ``desc``: show a progress bar over the scored sequences under that name."""
     score = compile_scorer(teacher, student)
     sequences, where = pack(requests)
+    bar = Progress(len(sequences), desc, unit="seq") if desc else None
     last = np.zeros((len(sequences), 2, CANDIDATES))  # each sequence's last-position candidates
     body = np.zeros((len(sequences), 2, max(len(s) for s, _ in sequences)))  # log p of each next input token
     by_bucket = {}
@@ -176,6 +177,8 @@ def loglikelihoods(teacher, student, requests: list, bar=None) -> np.ndarray:
                 last[i] = lt[r, n - 1], ls[r, n - 1]
             if bar:
                 bar.update(len(chunk))
+    if bar:
+        bar.close()
     out = np.zeros((len(requests), 2))
     for k, ((ctx, cont), (s, slot)) in enumerate(zip(requests, where)):
         n = len(sequences[s][0])
@@ -195,21 +198,16 @@ def evaluate_tasks(teacher, student, tokenizer, tasks=TASKS, limit: int = 0, pro
     result = {}
     for name in tasks:
         items = load_task(name, limit)
-        requests, owner = [], []
+        requests = []
         for k, item in enumerate(items):
-            for choice in item.choices:
-                if not item.context:
-                    raise MindeditError(f"task {name}: item {k} has an empty prompt")
-                requests.append(encode_pair(tokenizer, item.context, item.delimiter + choice))
-                owner.append(k)
-        bar = Progress(len(pack(requests)[0]), f"tasks: {name}", unit="seq") if progress else None
-        ll = loglikelihoods(teacher, student, requests, bar)
-        if bar:
-            bar.close()
-        owner = np.asarray(owner)
+            if not item.context:
+                raise MindeditError(f"task {name}: item {k} has an empty prompt")
+            requests += [encode_pair(tokenizer, item.context, DELIMITER + choice) for choice in item.choices]
+        ll = loglikelihoods(teacher, student, requests, f"tasks: {name}" if progress else None)
+        ends = np.cumsum([len(item.choices) for item in items])  # each item's requests: ends[k-1]..ends[k]-1
         correct = {"acc": np.zeros((len(items), 2)), "acc_norm": np.zeros((len(items), 2))}
         for k, item in enumerate(items):
-            scores = ll[owner == k]
+            scores = ll[ends[k] - len(item.choices):ends[k]]
             lengths = np.array([len(c) for c in item.choices], float)[:, None]
             correct["acc"][k] = scores.argmax(0) == item.gold
             correct["acc_norm"][k] = (scores / lengths).argmax(0) == item.gold

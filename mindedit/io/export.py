@@ -12,7 +12,6 @@ The format is the nearest native transformers architecture that expresses the mo
 Every config.json also carries ``mindedit``: the full ModelConfig, from which mindedit.models.from_pretrained
 rebuilds the very same modules whatever the format on top.
 """
-import json
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from mindedit.utils.files import atomic_dir
+from mindedit.utils.files import atomic_dir, atomic_write_json
 
 MAX_SHARD_BYTES = 5 * 2 ** 30  # (HF's default shard size)
 REMOTE_CODE = Path(__file__).parent / "hf_remote"
@@ -66,7 +65,8 @@ def hf_config(cfg, dtype: str) -> dict:
 
 
 def hf_tensors(model) -> dict:
-    """The model's weights under the export format's names, in the model's dtype (numpy; bfloat16 included)."""
+    """The model's weights by parameter name (HF's, and DeepSeek-V3's for MLA), in the model's dtype (numpy;
+    bfloat16 included); a tied LM head is left out."""
     cfg = model.config
     tensors = {}
     for name, p in model.parameters_and_names():
@@ -94,7 +94,7 @@ def write_weights(out: Path, tensors: dict, max_shard_bytes: int):
         save_file(shard, str(out / file), metadata={"format": "pt"})
         weight_map.update({name: file for name in shard})
     index = {"metadata": {"total_size": sum(a.nbytes for a in tensors.values())}, "weight_map": weight_map}
-    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    atomic_write_json(out / "model.safetensors.index.json", index)
 
 
 def write_tokenizer(out: Path, tokenizer, cfg, source):
@@ -113,8 +113,7 @@ def write_tokenizer(out: Path, tokenizer, cfg, source):
     eos = cfg.eos_ids
     if "generation_config.json" not in copied:
         gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": eos[0] if len(eos) == 1 else eos or None}
-        (out / "generation_config.json").write_text(json.dumps({k: v for k, v in gen.items() if v is not None},
-                                                               indent=2) + "\n")
+        atomic_write_json(out / "generation_config.json", {k: v for k, v in gen.items() if v is not None})
     if tokenizer is not None and "tokenizer_config.json" not in copied:
         tc = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
               "model_max_length": cfg.max_position_embeddings}
@@ -127,7 +126,7 @@ def write_tokenizer(out: Path, tokenizer, cfg, source):
             template = tokenizer_spec(src)["chat_template"]
             if template:
                 tc["chat_template"] = template
-        (out / "tokenizer_config.json").write_text(json.dumps(tc, indent=2) + "\n")
+        atomic_write_json(out / "tokenizer_config.json", tc)
 
 
 def save_pretrained(model, out_dir, tokenizer=None, source=None, max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
@@ -138,7 +137,7 @@ def save_pretrained(model, out_dir, tokenizer=None, source=None, max_shard_bytes
     dtype = str(next(iter(tensors.values())).dtype)
     with atomic_dir(out_dir) as tmp:
         cfg = hf_config(model.config, dtype)
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        atomic_write_json(tmp / "config.json", cfg)
         write_weights(tmp, tensors, max_shard_bytes)
         write_tokenizer(tmp, tokenizer, model.config, source)
         if cfg["model_type"] == "mindedit":

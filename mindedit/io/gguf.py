@@ -76,7 +76,6 @@ def read_config(path: Path, reader=None) -> dict:
         "attention_bias": "blk.0.attn_q.bias" in names,
         "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
         "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
-        "chat_template": _field(reader, "tokenizer.chat_template"),
     }
     if arch == "qwen3moe":
         cfg.update(num_experts=int(need("expert_count")), num_experts_per_tok=int(need("expert_used_count")),
