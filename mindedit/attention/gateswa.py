@@ -80,8 +80,8 @@ class GateSWAAttention(GQAAttention):
         return o * expand(g.astype(o.dtype), o)
 
     def construct(self, x, cache=None, pos=None):
-        """As GQAAttention. With a ring cache, a multi-token call must start at position 0 (prefill); a
-        single-token call (decode) may come at any position."""
+        """As GQAAttention. A ring cache takes one token per call (decode, at any position): prompts are prefilled
+        through a full cache, which ``shrink_cache`` then turns into the ring."""
         sink = self.sinks if self.use_sink else None
         b, t, _ = x.shape
         if cache is None:
@@ -93,15 +93,32 @@ class GateSWAAttention(GQAAttention):
             # slots are positions (a full cache, or a ring too small to ever wrap): the kernel's window/sink mask
             # applies as without a cache, for any chunk at any position
             k_all, v_all = write_slots(cache[0], k, pos), write_slots(cache[1], v, pos)
-            o = self.attn(q, k_all, v_all, sink, pos + t)
-            return self.merge_heads(self.gated(x, o)), (k_all, v_all)
-        src, valid = ring_sources(cap, self.sink_tokens, self.window, pos, t)
-        mask = valid.reshape(1, 1, cap, 1)
-        k_ring = mint.where(mask, ops.gather(k, src, 2), cache[0])
-        v_ring = mint.where(mask, ops.gather(v, src, 2), cache[1])
-        if t == 1:
-            # every filled slot is in view of the newest token; slots fill in order until the ring wraps
-            o = self.attn_ring(q, k_ring, v_ring, sink, mint.clamp(pos + 1, max=cap))
-        else:
-            o = self.attn(q, k, v, sink)
-        return self.merge_heads(self.gated(x, o)), (k_ring, v_ring)
+            return self.merge_heads(self.gated(x, self.attn(q, k_all, v_all, sink, pos + t)))
+        if t != 1:
+            raise ValueError("a ring cache takes one token per call: prefill through a full cache "
+                             "(init_cache(..., full=True)), then shrink_cache")  # (graph mode: builtin errors only)
+        k_ring, v_ring = self.write_ring(cache, k, v, pos)
+        # every filled slot is in view of the newest token; slots fill in order until the ring wraps
+        o = self.attn_ring(q, k_ring, v_ring, sink, mint.clamp(pos + 1, max=cap))
+        return self.merge_heads(self.gated(x, o))
+
+    def write_ring(self, ring, k, v, pos):
+        """Tokens at positions pos.. (k, v [B, Hk, T, D]) into the ring's slots (in place: a ring is small, so all
+        of it is rewritten); returns the written (keys, values)."""
+        src, valid = ring_sources(ring[0].shape[2], self.sink_tokens, self.window, pos, k.shape[2])
+        mask = valid.reshape(1, 1, -1, 1)
+        return (ops.assign(ring[0], mint.where(mask, ops.gather(k, src, 2), ring[0])),
+                ops.assign(ring[1], mint.where(mask, ops.gather(v, src, 2), ring[1])))
+
+    def shrink_cache(self, cache, length: int):
+        """The decode cache of a layer whose first ``length`` positions were prefilled into a full cache: the
+        ring of its sink tokens and last window positions (or the full cache itself for a full-attention layer,
+        or when the ring would not be smaller)."""
+        slots = self.cache_slots(cache[0].shape[2])
+        if slots == cache[0].shape[2] or not self.window:
+            return cache
+        b, h, _, d = cache[0].shape
+        ring = (ops.zeros((b, h, slots, d), cache[0].dtype), ops.zeros((b, h, slots, d), cache[1].dtype))
+        zero = ms.Tensor([0], ms.int32)
+        self.write_ring(ring, cache[0][:, :, :length], cache[1][:, :, :length], zero)
+        return ring

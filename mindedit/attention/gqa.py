@@ -45,6 +45,11 @@ class GQAAttention(nn.Cell):
         return kv_cache(batch, self.num_kv_heads, self.cache_slots(capacity, full), self.head_dim, self.head_dim,
                         self.dtype)
 
+    def shrink_cache(self, cache, length: int):
+        """The cache to decode from after ``length`` positions were prefilled into a full one (init_cache(...,
+        full=True)): the same one here; a bounded layer (a sliding window) returns its smaller cache."""
+        return cache
+
     def project(self, x, start=0):
         """Queries, keys and values [B, heads, T, head_dim] with norms and rotary applied (positions from start)."""
         b, t, _ = x.shape
@@ -63,11 +68,11 @@ class GQAAttention(nn.Cell):
         return self.o_proj(mint.permute(o, (0, 2, 1, 3)).reshape(b, t, -1))
 
     def construct(self, x, cache=None, pos=None):
-        """Without a cache: out. With one (from ``init_cache``) and ``pos``: (out, updated cache)."""
+        """out; with a cache (from ``init_cache``) and ``pos``, the new tokens' keys and values are written into it
+        first and attention reads everything up to them."""
         if cache is None:
             q, k, v = self.project(x)
             return self.merge_heads(self.attn(q, k, v))
         q, k, v = self.project(x, pos)
         k_all, v_all = write_slots(cache[0], k, pos), write_slots(cache[1], v, pos)
-        o = self.attn(q, k_all, v_all, None, pos + x.shape[1])
-        return self.merge_heads(o), (k_all, v_all)
+        return self.merge_heads(self.attn(q, k_all, v_all, None, pos + x.shape[1]))

@@ -147,4 +147,8 @@ class MLAAttention(nn.Cell):
             return self.merge_heads(o)
         buf = write_slots(cache[0], mint.cat([c, k_pe], dim=-1), pos)
         o = self.absorbed(q_nope, q_pe, buf[..., :self.rank], buf[..., self.rank:], pos + x.shape[1])
-        return self.merge_heads(o), (buf,)
+        return self.merge_heads(o)
+
+    def shrink_cache(self, cache, length: int):
+        """The latent cache is the same for prefill and decode."""
+        return cache

@@ -18,8 +18,8 @@ def compile_chunk_compare(teacher, student):
     are the same Parameters), and a compiled graph's memory is only freed with its process."""
     @ms.jit
     def step(ids, targets, caches, pos):
-        lt, ct = teacher(ids, caches[0], pos)
-        ls, cs = student(ids, caches[1], pos)
+        lt = teacher(ids, caches[0], pos)
+        ls = student(ids, caches[1], pos)
         logp_t = mint.nn.functional.log_softmax(lt, dim=-1)
         logp_s = mint.nn.functional.log_softmax(ls, dim=-1)
         kl = token_kl(logp_t, logp_s)
@@ -27,7 +27,7 @@ def compile_chunk_compare(teacher, student):
         tgt = targets.unsqueeze(-1)
         nll_t = -mint.gather(logp_t, -1, tgt).squeeze(-1)
         nll_s = -mint.gather(logp_s, -1, tgt).squeeze(-1)
-        return kl, agree, nll_t, nll_s, (ct, cs)
+        return kl, agree, nll_t, nll_s
 
     return step
 

@@ -1,5 +1,7 @@
 """Greedy generation with the model's own per-layer caches (full KV, ring buffer or latent, whichever the
-attention modules make). Prefill and decode are two compiled graphs (static shapes, fixed cache capacity)."""
+attention modules make), written in place. The prompt is prefilled in fixed-size chunks through full caches (so
+any prompt length runs in one chunk's memory), which each layer then shrinks to its decode cache (a sliding
+window keeps only its ring); decoding is one token per call. Two compiled graphs: the chunk and the token."""
 import time
 
 import numpy as np
@@ -9,22 +11,46 @@ from mindedit.attention import cache_nbytes
 from mindedit.errors import MindeditError
 from mindedit.utils.progress import Progress
 
+PREFILL_CHUNK = 512
+
 
 def compiled_step(model):
-    """The model's cached step, jitted once per model and kept on it (so it lives as long as the model): its
-    graphs, one per input shape, are reused by every generation instead of compiled again for each."""
+    """The model's cached step (``next_logits``), jitted once per model and kept on it (so it lives as long as the
+    model): its graphs, one per input shape, are reused by every generation instead of compiled again for each."""
     step = model.__dict__.get("_generation_step")
     if step is None:
-        step = ms.jit(model.construct)
+        step = ms.jit(model.next_logits)
         object.__setattr__(model, "_generation_step", step)
     return step
 
 
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def prefill(model, ids: np.ndarray, capacity: int, chunk: int = PREFILL_CHUNK):
+    """ids [B, T] through full caches of ``capacity`` slots, chunk by chunk (the last one padded: one graph
+    shape). Returns (the last prompt token's logits [B, vocab] as numpy, the layers' decode caches)."""
+    batch, length = ids.shape
+    chunk = min(chunk, round_up(length, 64))
+    padded = np.zeros((batch, round_up(length, chunk)), np.int32)
+    padded[:, :length] = ids
+    caches = ms.mutable(model.init_caches(batch, max(capacity, padded.shape[1]), full=True))
+    step = compiled_step(model)
+    for s in range(0, padded.shape[1], chunk):
+        last = min(length - 1 - s, chunk - 1)
+        logits = step(ms.Tensor(padded[:, s:s + chunk]), caches, ms.Tensor([s], ms.int32),
+                      ms.Tensor([last], ms.int32))
+    return logits.asnumpy(), ms.mutable(model.shrink_caches(caches, length))
+
+
 def greedy_generate(model, prompt_ids, max_new_tokens: int, eos_ids=(), use_cache: bool = True,
-                    progress: bool = False, capacity_multiple: int = 64, keep_logits: bool = False) -> dict:
+                    progress: bool = False, capacity_multiple: int = 64, keep_logits: bool = False,
+                    chunk: int = PREFILL_CHUNK) -> dict:
     """prompt_ids [B, T] (or a flat list for B=1). Returns {"tokens": [B, n] new ids, "seconds",
     "prefill_seconds", "decode_tokens_per_s", "cache_bytes"}. ``decode_tokens_per_s`` is the steady state: it
     leaves out the prefill and the first decode step (which compiles the decode graph); None below 3 tokens.
+    "cache_bytes" counts the decode caches (after prefill, each layer's own: a window's ring, not the full cache).
 
     ``use_cache=False`` recomputes the whole sequence each step (PyNative, slow): the oracle the cached path
     must equal. Generation stops early only when every row has produced an EOS id. ``keep_logits``: also return
@@ -44,38 +70,32 @@ def greedy_generate(model, prompt_ids, max_new_tokens: int, eos_ids=(), use_cach
     bar = Progress(max_new_tokens, "generate") if progress else None
     start = time.perf_counter()
     if use_cache:
-        need = prompt_len + max_new_tokens
-        capacity = -(-need // capacity_multiple) * capacity_multiple
-        caches = model.init_caches(batch, capacity)
+        capacity = round_up(prompt_len + max_new_tokens, capacity_multiple)
+        last, caches = prefill(model, ids, capacity, chunk)
         step = compiled_step(model)
     else:
-        caches, step = None, model
-    pos, step_input, prefill_seconds, stamps, kept = 0, ids, None, [], []
-    for _ in range(max_new_tokens):
-        if use_cache:
-            # mutable: the caches are graph inputs, not constants (else every step recompiles)
-            logits, caches = step(ms.Tensor(step_input), ms.mutable(caches), ms.Tensor(np.array([pos], np.int32)))
-            pos += step_input.shape[1]
-        else:
-            logits = step(ms.Tensor(step_input))
-        last = logits[:, -1].asnumpy()
+        last = model(ms.Tensor(ids))[:, -1].asnumpy()
+    stamps, kept = [], []
+    while True:
         if keep_logits:
             kept.append(last)
-        nxt = last.argmax(-1).astype(np.int32)
-        if prefill_seconds is None:
-            prefill_seconds = time.perf_counter() - start
+        nxt = last.argmax(-1).astype(np.int32)  # (on the host: [B, vocab] is 0.2 MB per row; argmax ~20 us)
         stamps.append(time.perf_counter())
         new = np.concatenate([new, nxt[:, None]], axis=1)
         if bar:
             bar.update(1)
         finished |= np.isin(nxt, eos)
-        if finished.all():
+        if finished.all() or new.shape[1] == max_new_tokens:
             break
-        step_input = nxt[:, None] if use_cache else np.concatenate([ids, new], axis=1)
+        if use_cache:  # the token just chosen, at position prompt_len + n - 1
+            last = step(ms.Tensor(nxt[:, None]), caches, ms.Tensor([prompt_len + new.shape[1] - 1], ms.int32),
+                        ms.Tensor([0], ms.int32)).asnumpy()
+        else:
+            last = model(ms.Tensor(np.concatenate([ids, new], axis=1)))[:, -1].asnumpy()
     if bar:
         bar.close()
     steady = (len(stamps) - 2) / (stamps[-1] - stamps[1]) if len(stamps) > 2 else None
-    out = {"tokens": new, "seconds": time.perf_counter() - start, "prefill_seconds": prefill_seconds,
+    out = {"tokens": new, "seconds": time.perf_counter() - start, "prefill_seconds": stamps[0] - start,
            "decode_tokens_per_s": steady, "cache_bytes": cache_nbytes(caches) if use_cache else 0}
     if keep_logits:
         out["logits"] = np.stack(kept, axis=1)

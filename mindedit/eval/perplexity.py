@@ -16,20 +16,21 @@ from mindedit.utils.progress import Progress
 
 
 def compile_chunk_nll(model):
-    """Graph-mode step: (ids [B, T], targets [B, T], (caches,), pos) -> (nll [B, T] float32, (caches,))."""
+    """Graph-mode step: (ids [B, T], targets [B, T], (caches,), pos) -> (nll [B, T] float32,); the caches are
+    written in place."""
 
     @ms.jit
     def chunk_nll(ids, targets, caches, pos):
-        logits, c = model(ids, caches[0], pos)
-        logp = mint.nn.functional.log_softmax(logits, dim=-1)
-        return -mint.gather(logp, -1, targets.unsqueeze(-1)).squeeze(-1), (c,)
+        logp = mint.nn.functional.log_softmax(model(ids, caches[0], pos), dim=-1)
+        return (-mint.gather(logp, -1, targets.unsqueeze(-1)).squeeze(-1),)
 
     return chunk_nll
 
 
 def run_chunked(step, models, ids: np.ndarray, chunk: int) -> list:
-    """Scores next tokens of ids [B, T] chunk by chunk. ``step(inputs, targets, caches, pos)`` returns
-    (per-token outputs..., new caches); ``models`` are those whose caches step threads (each gets a full cache).
+    """Scores next tokens of ids [B, T] chunk by chunk. ``step(inputs, targets, caches, pos)`` returns a tuple of
+    per-token outputs and writes the chunk into the caches; ``models`` are those whose caches it fills (each gets
+    a full cache).
     Returns each per-token output as [B, T-1] float64."""
     b, t = ids.shape
     chunk = min(chunk, t - 1)
@@ -37,11 +38,11 @@ def run_chunked(step, models, ids: np.ndarray, chunk: int) -> list:
     inputs = np.zeros((b, n), np.int32)
     targets = np.zeros((b, n), np.int32)
     inputs[:, :t - 1], targets[:, :t - 1] = ids[:, :-1], ids[:, 1:]
-    caches = tuple(m.init_caches(b, n, full=True) for m in models)
+    caches = ms.mutable(tuple(m.init_caches(b, n, full=True) for m in models))
     outs = []
     for s in range(0, n, chunk):
-        *values, caches = step(ms.Tensor(inputs[:, s:s + chunk]), ms.Tensor(targets[:, s:s + chunk]),
-                               ms.mutable(caches), ms.Tensor(np.array([s], np.int32)))
+        values = step(ms.Tensor(inputs[:, s:s + chunk]), ms.Tensor(targets[:, s:s + chunk]), caches,
+                      ms.Tensor(np.array([s], np.int32)))
         outs.append([v.asnumpy().astype(np.float64) for v in values])
     return [np.concatenate(col, axis=1)[:, :t - 1] for col in zip(*outs)]
 

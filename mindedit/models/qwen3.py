@@ -128,9 +128,8 @@ class DecoderLayer(nn.Cell):
     def construct(self, x, cache=None, pos=None):
         if cache is None:
             return self.attention_io(x)[0]
-        a, cache = self.self_attn(self.input_layernorm(x), cache, pos)
-        x = x + a
-        return x + self.mlp(self.post_attention_layernorm(x)), cache
+        x = x + self.self_attn(self.input_layernorm(x), cache, pos)
+        return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class DecoderModel(nn.Cell):
@@ -148,15 +147,9 @@ class DecoderModel(nn.Cell):
 
     def construct(self, input_ids, caches=None, pos=None):
         x = self.embed_tokens(input_ids)
-        if caches is None:
-            for layer in self.layers:
-                x = layer(x)
-            return self.norm(x)
-        new_caches = ()
         for i, layer in enumerate(self.layers):
-            x, c = layer(x, caches[i], pos)
-            new_caches = new_caches + (c,)
-        return self.norm(x), new_caches
+            x = layer(x, None if caches is None else caches[i], pos)
+        return self.norm(x)
 
     def layer_states(self, x, layers):
         """Hidden states x through the layers of index ``layers`` (in order): (output, each layer's output). Model-
@@ -180,8 +173,9 @@ class DecoderModel(nn.Cell):
 class CausalLM(nn.Cell):
     """``model(input_ids [B, T] int) -> logits [B, T, vocab]`` (float32).
 
-    Incremental use: ``model(ids, caches, pos) -> (logits, caches)`` with ``caches = model.init_caches(B, C)``
-    and ``pos`` (int32 tensor [1]) the number of tokens already in the caches."""
+    Incremental use: ``model(ids, caches, pos) -> logits`` writes the tokens into ``caches`` (from
+    ``init_caches``, updated in place) at ``pos`` (int32 tensor [1]: the number of tokens already in them);
+    ``next_logits`` is the same step returning one position's logits (what generation needs)."""
 
     def __init__(self, cfg: ModelConfig, dtype=ms.float32, model: DecoderModel = None, lm_head=None):
         """A new model from cfg, or one assembled from an existing ``model`` body and ``lm_head``."""
@@ -198,13 +192,25 @@ class CausalLM(nn.Cell):
         long context), even layers whose own cache is bounded (sliding windows)."""
         return tuple(layer.self_attn.init_cache(batch, capacity, full) for layer in self.model.layers)
 
+    def shrink_caches(self, caches, length: int) -> tuple:
+        """Caches to decode from, made from full ones (``init_caches(..., full=True)``) holding ``length``
+        prefilled positions: each layer's own (a sliding window's ring holds only what it will still read)."""
+        return tuple(layer.self_attn.shrink_cache(c, length) for layer, c in zip(self.model.layers, caches))
+
     def logits(self, hidden):
         if self.config.tie_word_embeddings:
             return mint.matmul(hidden, self.model.embed_tokens.weight.T).astype(ms.float32)
         return self.lm_head(hidden).astype(ms.float32)
 
     def construct(self, input_ids, caches=None, pos=None):
-        if caches is None:
-            return self.logits(self.model(input_ids))
-        hidden, caches = self.model(input_ids, caches, pos)
-        return self.logits(hidden), caches
+        return self.logits(self.model(input_ids, caches, pos))
+
+    def next_logits(self, input_ids, caches, pos, last):
+        """A cached step's logits at chunk index ``last`` (int32 tensor [1]) only: [B, vocab]. The head runs on
+        one position, not the whole chunk (a 512-token chunk's [512, 49152] logits are 100 MB)."""
+        hidden = ops.gather(self.model(input_ids, caches, pos), last, 1)[:, 0]
+        if self.config.tie_word_embeddings:
+            # no transposed copy of the [vocab, hidden] table per token (100 ms of a 280 ms SmolLM2 decode step).
+            # Training keeps logits(): against this kernel a resumed run's losses differed in the 7th digit
+            return mint.nn.functional.linear(hidden, self.model.embed_tokens.weight).astype(ms.float32)
+        return self.logits(hidden)
