@@ -9,6 +9,7 @@ import mindspore as ms
 
 from mindedit.attention import cache_nbytes
 from mindedit.errors import MindeditError
+from mindedit.eval.perplexity import round_up
 from mindedit.utils.progress import Progress
 
 PREFILL_CHUNK = 512
@@ -22,10 +23,6 @@ def compiled_step(model):
         step = ms.jit(model.next_logits)
         object.__setattr__(model, "_generation_step", step)
     return step
-
-
-def round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
 
 
 def prefill(model, ids: np.ndarray, capacity: int, chunk: int = PREFILL_CHUNK):

@@ -15,6 +15,10 @@ from mindedit.errors import MindeditError
 from mindedit.utils.progress import Progress
 
 
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
 def compile_chunk_nll(model):
     """Graph-mode step: (ids [B, T], targets [B, T], (caches,), pos) -> (nll [B, T] float32,); the caches are
     written in place."""
@@ -34,7 +38,7 @@ def run_chunked(step, models, ids: np.ndarray, chunk: int) -> list:
     Returns each per-token output as [B, T-1] float64."""
     b, t = ids.shape
     chunk = min(chunk, t - 1)
-    n = -(-(t - 1) // chunk) * chunk  # padded to whole chunks: one graph shape, compiled once
+    n = round_up(t - 1, chunk)  # padded to whole chunks: one graph shape, compiled once
     inputs = np.zeros((b, n), np.int32)
     targets = np.zeros((b, n), np.int32)
     inputs[:, :t - 1], targets[:, :t - 1] = ids[:, :-1], ids[:, 1:]
