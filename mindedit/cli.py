@@ -80,7 +80,7 @@ def cmd_plan(args):
     from mindedit.config import load_job_config
     from mindedit.parallel.plan import estimate, format_plan, parse_bytes
     cfg = load_job_config(args.config, args.set)
-    plan = estimate(cfg, parse_bytes(args.device_memory))
+    plan = estimate(cfg, parse_bytes(args.device_memory), args.face, args.peak_tflops, args.mfu)
     print(format_plan(cfg, plan))
     print(json.dumps(plan))
     bad = [(name, s) for name, s in plan["stages"].items() if not s["fits"]]
@@ -187,11 +187,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("plan", help="per-device memory of each training stage under the parallel layout",
                         description="Estimates, from shapes alone, the memory one device needs in stage 1 and stage "
                                     "2 (teacher/backbone and student parameters, gradients, optimizer state, "
-                                    "activations of one micro-batch) for the config's parallel: layout; prints a "
-                                    "table and a JSON line, and exits non-zero naming the largest term when a stage "
-                                    "does not fit --device-memory.")
+                                    "activations of one micro-batch, as the attention face keeps them) for the "
+                                    "config's parallel: layout, the FLOPs per token of each stage (teacher forward, "
+                                    "student forward and backward) and the wall time of its token budget on the "
+                                    "layout's devices; prints a table and a JSON line, and exits non-zero naming "
+                                    "the largest term when a stage does not fit --device-memory.")
     sp.add_argument("--config", required=True, help="job YAML (configs/*.yaml)")
     sp.add_argument("--device-memory", default="64GiB", help="memory of one device (default 64GiB: Ascend 910B)")
+    sp.add_argument("--face", default="ascend",
+                    help="attention face whose activations to count: ascend (default; CANN's fused operators), "
+                         "cpu (the CPU kernel) or reference (the [T, T] scores of the plain-ops attention)")
+    sp.add_argument("--peak-tflops", type=float,
+                    help="peak bf16 TFLOPS of one device for the time estimate (default: the 910B's, cited in "
+                         "mindedit/parallel/plan.py)")
+    sp.add_argument("--mfu", type=float, help="assumed model FLOPs utilisation for the time estimate (default 0.35)")
     set_arg(sp)
     sp.set_defaults(func=cmd_plan)
 

@@ -77,8 +77,9 @@ def test_plan_fits_the_shipped_qwen3_layouts_on_910b(name):
 def test_plan_refuses_an_impossible_layout_naming_the_largest_term():
     import subprocess
     import sys
+    # Qwen3-30B-A3B on one server fits with the sparse dispatch (ep = 1), not with the portable EP one (ep = 4)
     proc = subprocess.run([sys.executable, "-m", "mindedit", "plan", "--config", "configs/qwen3_30b_a3b_mla.yaml",
-                           "--set", "parallel.pp=1",
+                           "--set", "parallel.pp=1", "--set", "parallel.ep=4",
                            "--set", "cluster.nodes=[{host: 10.0.0.1, devices: [0,1,2,3,4,5,6,7]}]"],
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode != 0
@@ -89,3 +90,66 @@ def test_plan_refuses_an_impossible_layout_naming_the_largest_term():
     assert not estimate(job, parse_bytes("16GiB"))["stages"]["stage2"]["fits"]
     with pytest.raises(ValueError, match="--device-memory '64 parsecs'"):
         parse_bytes("64 parsecs")
+
+
+def test_mean_keys_counts_the_visible_keys_of_the_attention_contract():
+    import numpy as np
+    from mindedit.parallel.plan import mean_keys
+    for seq, window, sinks in [(37, 0, 0), (37, 8, 0), (37, 8, 3), (5, 8, 3), (64, 16, 4)]:
+        p, j = np.arange(seq)[:, None], np.arange(seq)[None, :]  # ascend_ops.FusedAttention's visibility rule
+        visible = (j <= p) & ((window == 0) | (p - j < window) | (j < sinks))
+        assert mean_keys(seq, window, sinks) == pytest.approx(visible.sum(1).mean(), rel=1e-12), (seq, window, sinks)
+
+
+def test_plan_flops_per_token_by_hand():
+    """Qwen3-8B teacher forward at 4,096 tokens from its published shapes; Qwen3-30B-A3B's experts as dispatched
+    (top-8 under the sparse dispatch, all 128 under the portable EP one)."""
+    from mindedit.parallel.plan import stage_flops
+    job = load_job_config(CONFIGS / "qwen3_8b_mla.yaml")
+    h, n, nk, d, inter, layers, vocab = 4096, 32, 8, 128, 12288, 36, 151936
+    attn_params = h * n * d * 2 + h * nk * d * 2 + 2 * d  # q, o, k, v, q/k norms
+    core = 2 * n * (d + d) * (4096 + 1) / 2  # causal: (T + 1) / 2 keys per query on average
+    by_hand = layers * (2 * (attn_params + 3 * h * inter) + core) + 2 * h * vocab
+    f = stage_flops(job)
+    assert f["stage1"]["teacher forward"] == pytest.approx(by_hand, rel=1e-12)
+    assert f["stage1"]["student backward"] == pytest.approx(2 * f["stage1"]["student forward"], rel=1e-12)
+    moe = load_job_config(CONFIGS / "qwen3_30b_a3b_gateswa.yaml", ["parallel.ep=1"])
+    gathered = load_job_config(CONFIGS / "qwen3_30b_a3b_gateswa.yaml", ["parallel.ep=4"])
+    extra = 48 * 2 * 2048 * (128 - 8) * 3 * 768  # 120 more experts per token in each of the 48 layers
+    assert stage_flops(gathered)["stage1"]["teacher forward"] - stage_flops(moe)["stage1"]["teacher forward"] == \
+        pytest.approx(extra, rel=1e-12)
+
+
+def test_plan_counts_the_attention_the_face_keeps():
+    """The reference face keeps [T, T] float32 scores and probabilities per local head and layer (the issue's ~1 GiB
+    per sequence per layer for Qwen3-30B-A3B's 8 local heads at 4,096 tokens); the fused faces O(T)."""
+    from mindedit.parallel.plan import estimate, parse_bytes
+    job = load_job_config(CONFIGS / "qwen3_30b_a3b_gateswa.yaml")
+    fused, ref = (estimate(job, parse_bytes("64GiB"), face) for face in ("ascend", "reference"))
+    assert fused["face"] == "ascend" and ref["face"] == "reference"
+    key = "activations (4096 tokens per micro-batch)"
+    layers, tokens, heads = fused["layers_on_stage"], 4096, 32 // 4
+    sinks = 4 * 5 / 6  # 4 sink tokens on the 5 sliding layers of each 6 (pattern SSSSSF) of this stage
+    fused_stats = layers * tokens * heads * (8 * 4 * 2 + sinks * 8)
+    by_hand = layers * tokens * heads * 4096 * 4 * 2 - fused_stats
+    assert ref["stages"]["stage2"]["terms"][key] - fused["stages"]["stage2"]["terms"][key] == \
+        pytest.approx(by_hand, rel=1e-9)
+    assert by_hand / layers / 2 ** 30 == pytest.approx(1.0, abs=0.01)  # ~1 GiB per sequence and layer
+    assert fused["stages"]["stage1"]["fits"] and not ref["stages"]["stage1"]["fits"]  # 4 sequences: ~4 GiB a layer
+    with pytest.raises(ValueError, match="--face 'triton'"):
+        estimate(job, parse_bytes("64GiB"), "triton")
+
+
+def test_plan_prints_the_face_flops_and_time():
+    import json
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "mindedit", "plan", "--config", "configs/qwen3_8b_gateswa.yaml",
+                           "--mfu", "0.5"], cwd=REPO, capture_output=True, text=True, check=True)
+    out = proc.stdout
+    assert "attention face ascend" in out and "GFLOP per token: teacher forward" in out
+    plan = json.loads(out.strip().splitlines()[-1])
+    for name, s in plan["stages"].items():  # tokens x FLOPs / (devices x peak x utilisation x busy)
+        f = sum(s["flops_per_token"].values())
+        assert s["hours"] * 3600 == pytest.approx(s["tokens"] * f / (8 * 280e12 * 0.5 * s["pipeline_busy"]))
+        assert f"~{s['hours']:.1f} h" in out

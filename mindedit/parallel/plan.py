@@ -1,4 +1,5 @@
-"""``python -m mindedit plan``: per-device memory of a job's training stages under its parallel layout.
+"""``python -m mindedit plan``: per-device memory of a job's training stages under its parallel layout, the FLOPs
+per token of each stage and the wall time of the config's token budget on its cluster.
 
 An estimate from shapes alone (no weights are loaded), for the code as it is built here:
 - parameters: the teacher (the shared frozen backbone, teacher attention included) and the student's own
@@ -8,14 +9,29 @@ An estimate from shapes alone (no weights are loaded), for the code as it is bui
 - gradients: the trainable parameters in the model dtype plus their fp32 accumulators;
 - optimizer: AdamW m and v in fp32, plus fp32 master weights when the model dtype is not fp32;
 - activations of one micro-batch (tokens = batch_size / dp / micro_batches x seq_len), kept for the backward:
-  stage 1 the teacher's taps (input and output of each local attention) and each student attention's tensors;
+  stage 1 the teacher's taps (input and output of each local attention) and each student attention's tensors
+  (q, k, v, o, and what the attention face keeps: ``reference`` the [T, T] float32 scores and probabilities of
+  every head, the fused faces O(T): ``ascend`` the operator's softmax max/sum, 8 float32 each per head and row,
+  ``cpu`` one float32 log-sum-exp, plus the [T, sink_tokens] scores of the split's sink piece);
   stage 2 every local layer's residual stream, attention, and MLP or experts (the sparse dispatch keeps T x top_k
   permuted rows; with ep > 1 the portable EP dispatch runs the local experts on all tokens of the EP group), and
   the vocabulary-sized logits of teacher and student;
 plus a fixed 10% workspace margin. It fails with the largest term named when a stage does not fit.
+
+FLOPs per token (whole model; a multiply-add is 2 FLOPs): every linear layer 2 x its parameters (MoE: the router
+plus the experts that run: top_k under the sparse dispatch, all of them under the portable EP dispatch), the
+attention core 2 x heads x (qk + v head dims) x the mean number of keys a query sees at the stage's length
+(causal, window, sink tokens), the head 2 x hidden x vocab. Stage 1 = teacher forward + each student attention's
+forward and backward (2x its forward). Stage 2 = teacher forward + student forward + backward: input gradients
+through the whole student (1x forward), the attention core's second product pair (1x core), weight gradients of
+the trainable parameters (2 x their count), and one more forward when pp > 1 (the pipeline recomputes it). The wall
+time divides the token budget's FLOPs by devices x peak x utilisation x the pipeline's busy fraction (stage 1: one
+batch crosses the stages in turn, 1 / pp; stage 2, GPipe: m / (m + pp - 1)).
 """
 import re
 from dataclasses import dataclass
+
+import numpy as np
 
 from mindedit.attention.targets import layer_modules
 from mindedit.config import DTYPE_BYTES
@@ -25,6 +41,11 @@ from mindedit.parallel.parallelize import local_param_count
 UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30,
          "tib": 2 ** 40}
 WORKSPACE = 0.10
+# Ascend 910B: 280 TFLOPS peak in FP16 and BF16 (Gitee AI's 910B cluster page, "2.2 supported precisions":
+# https://ai.gitee.com/docs/compute/clusters_gpu/ascend_gpu). The utilisation is an assumption, not a measurement.
+PEAK_TFLOPS = 280.0
+MFU = 0.35
+FACES = ("ascend", "cpu", "reference")
 
 
 def parse_bytes(text: str) -> int:
@@ -55,8 +76,82 @@ def mlp_params(cfg, layer: int, tp: int, ep: int) -> float:
     return 3 * h * cfg.intermediate_size / tp
 
 
-def estimate(job, device_memory: int) -> dict:
-    """{stage: {term: bytes}} for the largest pipeline stage, plus totals and the verdict."""
+def mlp_flops(cfg, layer: int, ep: int) -> float:
+    """Forward FLOPs per token of a layer's MLP or experts as dispatched: the sparse dispatch runs top_k experts,
+    the portable EP dispatch (ep > 1) every expert of the group on every token."""
+    h = cfg.hidden_size
+    if cfg.is_moe_layer(layer):
+        ran = cfg.num_experts if ep > 1 else cfg.num_experts_per_tok
+        return 2 * h * (cfg.num_experts + ran * 3 * cfg.moe_intermediate_size)
+    return 2 * 3 * h * cfg.intermediate_size
+
+
+def attention_shape(m) -> tuple:
+    """(heads, qk head dim, v head dim, window, sink tokens) of an attention module; MLA as it trains (the naive,
+    per-head form)."""
+    if hasattr(m, "nope"):
+        return m.num_heads, m.nope + m.rope, m.v_dim, 0, 0
+    return m.num_heads, m.head_dim, m.head_dim, getattr(m, "window", 0), getattr(m, "sink_tokens", 0)
+
+
+def mean_keys(seq: int, window: int, sinks: int) -> float:
+    """Mean number of keys a query sees in a causal sequence of ``seq`` tokens (window 0: every earlier one)."""
+    seen = np.arange(1, seq + 1, dtype=np.float64)
+    if window:
+        seen = np.minimum(seen, window) + np.clip(seen - window, 0, sinks)
+    return float(seen.mean())
+
+
+def attention_flops(m, seq: int) -> tuple:
+    """(projections, core) forward FLOPs per token of attention module ``m`` at sequence length ``seq``."""
+    heads, qk, v, window, sinks = attention_shape(m)
+    return 2 * local_param_count(m, 1), 2 * heads * (qk + v) * mean_keys(seq, window, sinks)
+
+
+def attention_memory(m, tokens: int, seq: int, tp: int, face: str, bytes_: int, hidden: int) -> float:
+    """Bytes one device keeps of student attention ``m`` for its backward (``tokens`` in sequences of ``seq``):
+    its input and output, q, k, v (every head) and o, and what the face keeps of the softmax."""
+    heads, qk, v, window, sinks = attention_shape(m)
+    n = heads / tp
+    kept = tokens * (2 * hidden + n * (2 * qk + 2 * v)) * bytes_
+    if face == "reference":
+        return kept + tokens * n * seq * 4 * 2  # [T, T] float32 scores and probabilities per head
+    stats = 8 * 4 * 2 if face == "ascend" else 4  # FlashAttentionScore's softmax max/sum vs one log-sum-exp
+    return kept + tokens * n * (stats + (sinks * 4 * 2 if window else 0))
+
+
+def stage_flops(job) -> dict:
+    """{stage: {part: FLOPs per token}} of the whole model at each stage's sequence length (module docstring)."""
+    cfg, t, dims = job.model_shapes(), job.train, job.dims
+    teachers, students = layer_modules(cfg, job.target)
+    layers = range(cfg.num_hidden_layers)
+    mlp = sum(mlp_flops(cfg, i, dims.ep) for i in layers)
+    head = 2 * cfg.hidden_size * cfg.vocab_size
+    out = {}
+    for name in ("stage1", "stage2"):
+        seq = t[name]["seq_len"] or 4096
+        teacher = mlp + head + sum(sum(attention_flops(m, seq)) for m in teachers)
+        s_attn = [attention_flops(m, seq) for m in students]
+        attn = sum(p + c for p, c in s_attn)
+        if name == "stage1":
+            parts = {"teacher forward": teacher, "student forward": attn, "student backward": 2 * attn}
+        else:
+            forward = mlp + head + attn
+            weights = sum(p for p, _ in s_attn) + (mlp + head if t["stage2"]["trainable"] == "all" else 0)
+            parts = {"teacher forward": teacher, "student forward": forward,
+                     "student backward": forward * (2 if dims.pp > 1 else 1) + sum(c for _, c in s_attn) + weights}
+        out[name] = parts
+    return out
+
+
+def estimate(job, device_memory: int, face: str = "ascend", peak_tflops: float = None, mfu: float = None) -> dict:
+    """{stage: {term: bytes, flops, hours}} for the largest pipeline stage under attention ``face``, plus totals and
+    the verdict; the time estimate at ``peak_tflops`` (default PEAK_TFLOPS) x ``mfu`` (default MFU)."""
+    if face not in FACES:
+        raise MindeditError(f"--face {face!r}: expected one of {', '.join(FACES)}")
+    peak_tflops, mfu = peak_tflops or PEAK_TFLOPS, mfu or MFU
+    if not (peak_tflops > 0 and 0 < mfu <= 1):
+        raise MindeditError(f"--peak-tflops {peak_tflops} / --mfu {mfu}: expected a positive peak and 0 < mfu <= 1")
     cfg, target, p, t = job.model_shapes(), job.target, job.parallel, job.train
     dims = job.dims
     tp, ep, pp, dp, mb = dims.tp, dims.ep, dims.pp, dims.dp, p["micro_batches"]
@@ -86,22 +181,23 @@ def estimate(job, device_memory: int) -> dict:
             c.student += table
             c.trainable2 += table
         if worst is None or c.backbone + c.student > worst[1].backbone + worst[1].student:
-            worst = (stage, c, len(layers))
-    stage, c, n_layers = worst
+            worst = (stage, c, layers)
+    stage, c, layers = worst
     moe = ("" if not cfg.num_experts else "; MoE: portable EP dispatch (local experts on every gathered token)"
            if ep > 1 else "; MoE: sparse dispatch (T x top_k rows)")
-    out = {"layout": f"dp={dp} tp={tp} pp={pp} ep={ep} micro_batches={mb}{moe}", "device_memory": device_memory,
-           "pipeline_stage": stage, "layers_on_stage": n_layers, "stages": {}}
-    n, d = cfg.num_attention_heads // tp, cfg.head_dim
+    out = {"layout": f"dp={dp} tp={tp} pp={pp} ep={ep} micro_batches={mb}{moe}", "face": face,
+           "device_memory": device_memory, "pipeline_stage": stage, "layers_on_stage": len(layers),
+           "devices": dims.world, "peak_tflops": peak_tflops, "mfu": mfu, "stages": {}}
+    flops = stage_flops(job)
     for name, trainable_count in (("stage1", c.trainable1), ("stage2", c.trainable2)):
         seq = t[name]["seq_len"] or 4096
         tokens = max(1, t["batch_size"] // dp // (mb if name == "stage2" else 1)) * seq
-        attn_act = tokens * (4 * n * d + 2 * h) * bytes_
-        if name == "stage1":
-            act = n_layers * (2 * tokens * h * bytes_ + attn_act)
+        attn_act = [attention_memory(students[i], tokens, seq, tp, face, bytes_, h) for i in layers]
+        if name == "stage1":  # the teacher's taps (input and output) and the student attention, every layer
+            act = sum(2 * tokens * h * bytes_ + a for a in attn_act)
         else:
             per_layer = []
-            for i in range(n_layers):
+            for i, a in zip(layers, attn_act):
                 if cfg.is_moe_layer(i) and ep > 1:  # portable EP: the local experts on every gathered token
                     group_tokens = tokens * ep / tp
                     mlp_act = group_tokens * (cfg.num_experts // ep) * (3 * cfg.moe_intermediate_size + h) * bytes_
@@ -110,7 +206,7 @@ def estimate(job, device_memory: int) -> dict:
                     mlp_act = rows * (3 * cfg.moe_intermediate_size / tp + 2 * h) * bytes_
                 else:
                     mlp_act = tokens * 3 * cfg.intermediate_size / tp * bytes_
-                per_layer.append(tokens * 4 * h * bytes_ + attn_act + mlp_act)
+                per_layer.append(tokens * 4 * h * bytes_ + a + mlp_act)
             act = sum(per_layer) + (tokens * v / tp * 4 * 6 if stage == pp - 1 else 0)
         terms = {
             "teacher / shared backbone parameters": c.backbone * bytes_,
@@ -121,18 +217,32 @@ def estimate(job, device_memory: int) -> dict:
             f"activations ({tokens} tokens per micro-batch)": act,
         }
         total = sum(terms.values()) * (1 + WORKSPACE)
+        busy = 1 / pp if name == "stage1" else mb / (mb + pp - 1)
+        per_token = sum(flops[name].values())
+        budget = t[name]["tokens"]
+        seconds = budget * per_token / (dims.world * peak_tflops * 1e12 * mfu * busy)
         out["stages"][name] = {"terms": terms, "total": total, "fits": total <= device_memory,
-                               "largest": max(terms, key=terms.get)}
+                               "largest": max(terms, key=terms.get), "flops_per_token": flops[name],
+                               "tokens": budget, "pipeline_busy": busy, "hours": seconds / 3600}
     return out
 
 
 def format_plan(job, plan: dict) -> str:
     lines = [f"{job.name}: {plan['layout']}, largest pipeline stage {plan['pipeline_stage']} "
-             f"({plan['layers_on_stage']} layers), device memory {fmt(plan['device_memory']).strip()}"]
+             f"({plan['layers_on_stage']} layers), device memory {fmt(plan['device_memory']).strip()}, "
+             f"attention face {plan['face']}"]
     for name, s in plan["stages"].items():
         lines.append(f"  {name}")
         for term, b in s["terms"].items():
             lines.append(f"    {term:<48}{fmt(b)}")
         lines.append(f"    {'total (+' + str(int(WORKSPACE * 100)) + '% workspace)':<48}{fmt(s['total'])}   "
                      + ("fits" if s["fits"] else "DOES NOT FIT"))
+        f = s["flops_per_token"]
+        lines.append("    GFLOP per token: " + ", ".join(f"{k} {x / 1e9:.2f}" for k, x in f.items())
+                     + f"; total {sum(f.values()) / 1e9:.2f}")
+        lines.append(f"    {s['tokens'] / 1e6:g}M tokens on {plan['devices']} devices at {plan['peak_tflops']:g} "
+                     f"TFLOPS x {plan['mfu']:.0%} utilisation (assumed) x {s['pipeline_busy']:.0%} pipeline busy: "
+                     f"~{s['hours']:.1f} h")
+    hours = sum(s["hours"] for s in plan["stages"].values())
+    lines.append(f"  both stages: ~{hours:.1f} h ({hours / 24:.1f} days) on {plan['devices']} devices")
     return "\n".join(lines)
