@@ -20,21 +20,23 @@ Faces:
   and the sink logit merged by softmax statistics. Not run here (no NPU or CANN): docs/ascend.md.
 - ``split``: the very same decomposition with the CPU kernel as its band part: the CPU twin that tests the
   ascend face's code (everything but the operator calls).
+- ``triton``: the Triton-Ascend GateSWA kernel (ascend_ops.triton) in one pass, forward and backward; on the CPU
+  under Triton's interpreter (slow: tests), on Ascend not built (docs/ascend.md).
 Both split faces pad v to q's head size when they differ (MLA: the fused operators take one head size).
 
 The face is chosen when the cell is built, from the device target; ``MINDEDIT_ATTENTION=reference|cpu|split``
-forces one (tests, benchmarks). Every face is graph-mode (``ms.jit``) compatible.
+forces one (tests, benchmarks; ``triton`` only this way). Every face is graph-mode (``ms.jit``) compatible.
 """
 import os
 
 import mindspore as ms
 from mindspore import mint, nn, ops
 
-from .moe import GroupedMatmul
+from .moe import GroupedMatmul, TokenPermute
 from .reference import attention_reference
 
-__all__ = ["FusedAttention", "GroupedMatmul", "attention_reference", "backend"]
-FACES = ("reference", "cpu", "split", "ascend")
+__all__ = ["FusedAttention", "GroupedMatmul", "TokenPermute", "attention_reference", "backend"]
+FACES = ("reference", "cpu", "split", "ascend", "triton")
 
 
 def backend() -> str:
@@ -47,7 +49,10 @@ def backend() -> str:
 
 
 class FusedAttention(nn.Cell):
-    def __init__(self, scale: float, window: int = 0, sink_tokens: int = 0, use_sink: bool = False, face=None):
+    def __init__(self, scale: float, window: int = 0, sink_tokens: int = 0, use_sink: bool = False, face=None,
+                 latent: bool = False):
+        """``latent``: the values are the keys' first Dv channels and there is one KV head (MLA absorbed); a face may
+        use a kernel for that layout (triton: the latent decode kernel for Tq = 1)."""
         super().__init__()
         self.scale, self.window, self.sink_tokens = float(scale), int(window), int(sink_tokens)
         self.face = face or backend()
@@ -63,6 +68,9 @@ class FusedAttention(nn.Cell):
                 from .ascend import AscendBand
                 band = AscendBand(self.scale, self.window)
             self.split = SplitAttention(band, self.scale, self.window, self.sink_tokens, use_sink)
+        elif self.face == "triton":
+            from .triton.face import triton_attention_op
+            self.op = triton_attention_op(self.scale, self.window, self.sink_tokens, bool(use_sink), bool(latent))
 
     def construct(self, q, k, v, sink=None, kv_len=None):
         f32 = ms.float32
@@ -70,6 +78,8 @@ class FusedAttention(nn.Cell):
         n = ops.full((1,), k.shape[2], dtype=ms.int32) if kv_len is None else kv_len.astype(ms.int32)
         if self.face == "cpu":
             o, _ = self.op(q.astype(f32), k.astype(f32), v.astype(f32), s, self.meta, self.scale_t, n)
+        elif self.face == "triton":
+            o, _ = self.op(q.astype(f32), k.astype(f32), v.astype(f32), s, n)
         elif self.face in ("split", "ascend"):
             dv, d = v.shape[3], q.shape[3]
             if dv != d:  # one head size for q, k and v (FlashAttentionScore); the padding's output is sliced off

@@ -1,4 +1,13 @@
-"""Grouped matmul for the sparse MoE: rows sorted by expert, each expert's weight applied to its own rows.
+"""The sparse MoE's device pieces: the token permutation by expert (TokenPermute) and the grouped matmul
+(GroupedMatmul), rows sorted by expert, each expert's weight applied to its own rows.
+
+``TokenPermute().permute(x [T, H], idx [T, k] int32) -> (rows [T*k, H], back [T*k] int32)``: the (token, choice)
+pairs sorted by expert, ties by their flat index t * k + c (so the order is deterministic); back[t * k + c] is
+the row that pair went to. ``TokenPermute().unpermute(rows, back, weights [T, k]) -> [T, H]``:
+out[t] = sum_c weights[t, c] rows[back[t * k + c]]. Faces: plain ops (sort, the inverse permutation by a second
+sort, gathers) on every device but Ascend; ``ascend``: CANN's MoeTokenPermute / MoeTokenUnpermute
+(``ops.moe_token_permute(x, idx)`` returns exactly (rows, back) in this order; ``ops.moe_token_unpermute(rows,
+back, weights)`` the weighted sum; both with gradients). NOT RUN HERE: docs/ascend.md.
 
 ``GroupedMatmul()(x [N, In], w [E, Out, In], offsets [E+1] int32) -> y [N, Out]``, y[r] = w[e] @ x[r] for the rows
 offsets[e] .. offsets[e+1]-1 (the experts' weights in HF layout, a Linear's [out, in]); differentiable in x and w.
@@ -13,6 +22,36 @@ import mindspore as ms
 from mindspore import mint, nn, ops
 
 
+def default_face() -> str:
+    return "cpu" if ms.get_context("device_target") == "CPU" else "ascend"
+
+
+class TokenPermute(nn.Cell):
+    def __init__(self, face=None):
+        super().__init__()
+        self.face = face or default_face()
+
+    def __deepcopy__(self, memo):
+        return self  # stateless, like GroupedMatmul
+
+    def permute(self, x, idx):
+        if self.face == "ascend":
+            rows, back = ops.moe_token_permute(x, idx)
+            return rows, back.astype(ms.int32)
+        n = idx.shape[0] * idx.shape[1]
+        flat = idx.reshape(n)
+        _, order = ops.sort(flat * n + ops.arange(0, n, dtype=ms.int32))  # by expert, then by flat index
+        _, back = ops.sort(order)                                          # the inverse permutation
+        token = (order.astype(ms.float32) / idx.shape[1]).floor().astype(ms.int32)  # (no int FloorDiv on CPU)
+        return ops.gather(x, token, 0), back
+
+    def unpermute(self, rows, back, weights):
+        if self.face == "ascend":
+            return ops.moe_token_unpermute(rows, back, weights.astype(rows.dtype))
+        y = ops.gather(rows, back, 0).reshape(weights.shape[0], weights.shape[1], rows.shape[-1])
+        return (y * weights.unsqueeze(-1).astype(y.dtype)).sum(1)
+
+
 def grouped_matmul_reference(x, w, offsets):
     rows = ops.arange(0, x.shape[0]).reshape(-1, 1)
     y = ops.zeros((x.shape[0], w.shape[1]), ms.float32)
@@ -25,7 +64,7 @@ def grouped_matmul_reference(x, w, offsets):
 class GroupedMatmul(nn.Cell):
     def __init__(self, face=None):
         super().__init__()
-        self.face = face or ("cpu" if ms.get_context("device_target") == "CPU" else "ascend")
+        self.face = face or default_face()
         if self.face == "cpu":
             from .cpu_kernel import grouped_matmul_op
             self.op = grouped_matmul_op()

@@ -53,3 +53,23 @@ def test_sparse_moe_equals_every_expert_on_every_token(norm_topk_prob, ties, rng
     np.testing.assert_allclose(g_sparse[0].asnumpy(), g_dense[0].asnumpy(), rtol=0, atol=1e-5, err_msg="dx")
     for p, a, b in zip(params, g_sparse[1], g_dense[1]):
         np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=0, atol=1e-5, err_msg=p.name)
+
+
+def test_token_permute_keeps_cann_moe_token_permute_contract():
+    """The plain-ops permutation (every device but Ascend) returns what ops.moe_token_permute documents: its
+    docstring's example (tokens grouped by expert, sorted_indices = each token's row), and with top-k = 2 the
+    (token, choice) pairs by expert, ties by flat index; unpermute is the weighted sum over each token's rows."""
+    from ascend_ops import TokenPermute
+    perm = TokenPermute(face="cpu")
+    tokens = ms.Tensor(np.array([[1] * 3, [7] * 3, [2] * 3, [1] * 3, [2] * 3, [3] * 3], np.float32))
+    rows, back = perm.permute(tokens, ms.Tensor(np.array([[5], [0], [3], [1], [2], [4]], np.int32)))
+    assert rows.asnumpy()[:, 0].tolist() == [7, 1, 2, 2, 3, 1] and back.asnumpy().tolist() == [5, 0, 3, 1, 2, 4]
+    x = ms.Tensor(np.arange(8, dtype=np.float32).reshape(4, 2))          # token t = [2t, 2t + 1]
+    idx = ms.Tensor(np.array([[1, 0], [0, 2], [1, 2], [0, 1]], np.int32))  # flat: 1 0 0 2 1 2 0 1
+    rows, back = perm.permute(x, idx)
+    # expert 0: flat 1 (t0), 2 (t1), 6 (t3); expert 1: flat 0 (t0), 4 (t2), 7 (t3); expert 2: flat 3 (t1), 5 (t2)
+    assert (rows.asnumpy()[:, 0] // 2).tolist() == [0, 1, 3, 0, 2, 3, 1, 2]
+    assert back.asnumpy().tolist() == [3, 0, 1, 6, 4, 7, 2, 5]
+    w = np.array([[0.5, 0.25], [1, 2], [3, 0], [0.1, 0.2]], np.float32)
+    out = perm.unpermute(rows * 10, back, ms.Tensor(w)).asnumpy()
+    np.testing.assert_allclose(out, 10 * w.sum(1, keepdims=True) * x.asnumpy(), rtol=1e-6)

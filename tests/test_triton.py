@@ -108,3 +108,37 @@ def test_the_compile_check_fails_on_a_tile_that_overflows_the_ub():
     assert proc.returncode == 1, proc.stdout + proc.stderr
     forward = next(ln for ln in proc.stdout.splitlines() if "gateswa forward" in ln)
     assert forward.startswith("FAIL") and "ub overflow, requires" in forward and "1572864 bits available" in forward
+
+
+def test_the_triton_face_decodes_absorbed_mla_with_the_latent_kernel(monkeypatch):
+    """FusedAttention(latent=True) on the triton face sends a one-row query against the shared [latent, rope]
+    cache to the latent decode kernel; the result is the contract's (the reference, the cpu face)."""
+    from ascend_ops import FusedAttention
+    rng = np.random.default_rng(2)
+    b, h, t, dl, dr, n = 1, 20, 48, 32, 16, 35
+    q = ms.Tensor(rng.standard_normal((b, h, 1, dl + dr)).astype(np.float32))
+    k = ms.Tensor(rng.standard_normal((b, 1, t, dl + dr)).astype(np.float32))
+    kv_len = ms.Tensor([n], ms.int32)
+    want = attention_reference(q, k, k[..., :dl], None, 0.2, 0, 0, kv_len)[0].asnumpy()
+    calls, decode = [], mla_decode.decode
+    monkeypatch.setattr(mla_decode, "decode", lambda *a, **kw: calls.append(a[0].shape) or decode(*a, **kw))
+    got = FusedAttention(0.2, face="triton", latent=True)(q, k, k[..., :dl], None, kv_len).asnumpy()
+    assert calls == [(b, h, dl)]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_an_mla_student_decodes_the_same_on_the_triton_face(hf_models, rng, monkeypatch):
+    """Cached greedy decode of a converted MLA student (chunked prefill on the GateSWA kernel, then the latent
+    kernel per token, in compiled graphs) gives the CPU face's tokens and logits."""
+    from mindedit.edit import MLAConfig, edit_model
+    from mindedit.eval.generation import greedy_generate
+    from mindedit.models import from_pretrained
+    prompt, calib = rng.integers(0, 256, (1, 21)), rng.integers(0, 256, (1, 64))
+    out = {}
+    for face in ("cpu", "triton"):
+        monkeypatch.setenv("MINDEDIT_ATTENTION", face)
+        student = edit_model(from_pretrained(hf_models["llama"][1]), MLAConfig(kv_lora_rank=24, qk_rope_head_dim=8),
+                             calib)
+        out[face] = greedy_generate(student, prompt, 6, keep_logits=True)
+    assert out["triton"]["tokens"].tolist() == out["cpu"]["tokens"].tolist()
+    np.testing.assert_allclose(out["triton"]["logits"], out["cpu"]["logits"], rtol=1e-4, atol=1e-4)

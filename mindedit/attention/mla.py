@@ -77,6 +77,7 @@ class MLAAttention(nn.Cell):
                                              requires_grad=False)
         scale = qk ** -0.5
         self.attn = FusedAttention(scale)
+        self.attn_latent = FusedAttention(scale, latent=True)  # absorbed: values = the keys' latent channels
 
     # -- pieces shared by both modes -------------------------------------------------------------------
     def cos_sin(self, start, length: int):
@@ -126,7 +127,7 @@ class MLAAttention(nn.Cell):
         q_lat = mint.matmul(q_nope, w_uk.unsqueeze(0))                  # [B, H, T, rank]
         q = mint.cat([q_lat, q_pe], dim=-1)
         k = mint.cat([c, k_pe], dim=-1)                                 # one shared head: MQA over the latent
-        o_lat = self.attn(q, k, c, None, kv_len)                        # [B, H, T, rank]
+        o_lat = self.attn_latent(q, k, c, None, kv_len)                 # [B, H, T, rank]
         return mint.matmul(o_lat, mint.transpose(w_uv, 1, 2).unsqueeze(0))  # [B, H, T, v]
 
     def cache_values(self, context: int) -> int:

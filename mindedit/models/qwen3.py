@@ -9,7 +9,7 @@ No parallel logic lives here (mindedit/parallel shards a built model).
 import mindspore as ms
 from mindspore import mint, nn, ops
 
-from ascend_ops import GroupedMatmul
+from ascend_ops import GroupedMatmul, TokenPermute
 from mindedit.attention import GQAAttention
 from mindedit.attention.targets import build_attention
 from mindedit.layers import Embedding, RMSNorm, linear
@@ -33,9 +33,10 @@ class MLP(nn.Cell):
 class SparseMoE(nn.Cell):
     """Qwen3-MoE block: softmax router over ``num_experts``, top-k experts per token, optional renormalisation.
 
-    Sparse dispatch: the T x k (token, choice) rows are sorted by expert, each expert runs on its own rows only
-    (one grouped matmul per projection: ascend_ops.GroupedMatmul, CANN's on a 910B, a C++ kernel on the CPU), and
-    the rows are put back in token order and mixed with the router weights: T x k rows of expert FLOPs instead of
+    Sparse dispatch: the T x k (token, choice) rows are sorted by expert (ascend_ops.TokenPermute: plain ops, CANN's
+    MoeTokenPermute on a 910B), each expert runs on its own rows only (one grouped matmul per projection:
+    ascend_ops.GroupedMatmul, CANN's on a 910B, a C++ kernel on the CPU), and the rows are put back in token order
+    and mixed with the router weights (MoeTokenUnpermute on a 910B): T x k rows of expert FLOPs instead of
     T x num_experts. ``all_experts`` (every expert on every token, zero weights for the unchosen) is the oracle the
     tests hold it to. Parallel variants (mindedit/parallel/expert.py) override ``experts_on_rows`` or ``construct``.
     """
@@ -48,7 +49,7 @@ class SparseMoE(nn.Cell):
         self.gate = linear(cfg.hidden_size, cfg.num_experts, False, dtype)
         self.experts = nn.CellList([MLP(cfg.hidden_size, cfg.moe_intermediate_size, dtype)
                                     for _ in range(cfg.num_experts)])
-        self.gmm = GroupedMatmul()
+        self.gmm, self.permute = GroupedMatmul(), TokenPermute()
 
     def route(self, x):
         """x [..., hidden] -> (weights [..., k] float32, expert ids [..., k] int32) of each token's top-k."""
@@ -76,17 +77,11 @@ class SparseMoE(nn.Cell):
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         top, idx = self.route(x)
-        n = idx.shape[0] * self.top_k
-        flat = idx.reshape(n)
-        # sort the (token, choice) rows by expert; the row index breaks ties, so the order is deterministic
-        _, order = ops.sort(flat * n + ops.arange(0, n, dtype=ms.int32))
-        _, back = ops.sort(order)                                        # the inverse permutation
-        counts = ops.one_hot(flat, self.num_experts, ms.Tensor(1, ms.int32), ms.Tensor(0, ms.int32)).sum(0)
+        rows, back = self.permute.permute(x, idx)  # the (token, choice) rows sorted by expert
+        counts = ops.one_hot(idx.reshape(-1), self.num_experts, ms.Tensor(1, ms.int32),
+                             ms.Tensor(0, ms.int32)).sum(0)
         offsets = mint.cat([ops.zeros((1,), ms.int32), ops.cumsum(counts, 0).astype(ms.int32)])
-        token = (order.astype(ms.float32) / self.top_k).floor().astype(ms.int32)  # (no int FloorDiv on CPU graphs)
-        rows = ops.gather(x, token, 0)
-        y = ops.gather(self.experts_on_rows(rows, offsets), back, 0).reshape(-1, self.top_k, shape[-1])
-        return (y * top.unsqueeze(-1).astype(y.dtype)).sum(1).reshape(shape)
+        return self.permute.unpermute(self.experts_on_rows(rows, offsets), back, top).reshape(shape)
 
     def all_experts(self, x):
         """Every expert on every token, mixed by the routing weights (zero for the unchosen): the oracle."""

@@ -38,7 +38,7 @@ class TensorParallelMoE(SparseMoE):
         new = cls.__new__(cls)
         nn.Cell.__init__(new)
         new.num_experts, new.top_k, new.norm_topk_prob = moe.num_experts, moe.top_k, moe.norm_topk_prob
-        new.gate, new.experts, new.gmm = moe.gate, moe.experts, moe.gmm
+        new.gate, new.experts, new.gmm, new.permute = moe.gate, moe.experts, moe.gmm, moe.permute
         new.copy, new.reduce = CopyToGroup(tp), ReduceFromGroup(tp)
         return new
 
