@@ -12,6 +12,8 @@ same total number of training tokens (--tokens):
     stage1_only     all tokens in stage 1
     stage2_only     all tokens in stage 2
     random_init     as "both", MLA initialised at random instead of by SVD (MLA configs only)
+    free_rope       as "both", MLA with export_compatible off: the rope key's frequencies picked by energy and
+                    the per-head query norm kept (a student DeepSeek-V3 cannot express; MLA configs only)
     feature_match   as "both", plus weak feature matching (cosine, weight 0.1, every 4th layer) in stage 2
 
 Prints a table and writes docs/ablation.json (merged with earlier rows, keyed by config and variant).
@@ -35,6 +37,7 @@ def variants(raw: dict, tokens: int, layers: int) -> dict:
            "stage2_only": {"stage1": {"tokens": 0}, "stage2": {"tokens": tokens}}}
     if raw["target"]["kind"] == "mla":
         out["random_init"] = dict(out["both"], target={"init": "random"})
+        out["free_rope"] = dict(out["both"], target={"export_compatible": False})
     out["feature_match"] = {"stage1": {"tokens": half},
                             "stage2": {"tokens": tokens - half, "feature_weight": 0.1,
                                        "feature_layers": list(range(3, layers, 4))}}

@@ -23,6 +23,37 @@ NEG = tl.constexpr(-1e30)  # "minus infinity" that keeps exp() and max() finite
 
 
 @triton.jit
+def _tile(base, idx, n, offs, WIDTH: tl.constexpr):
+    """Rows ``idx`` (those < n) and columns ``offs`` (those < WIDTH) of a row-major [*, WIDTH] array; 0 elsewhere."""
+    return tl.load(base + idx[:, None] * WIDTH + offs[None, :], mask=(idx[:, None] < n) & (offs[None, :] < WIDTH),
+                   other=0.0)
+
+
+@triton.jit
+def _put(base, idx, n, offs, WIDTH: tl.constexpr, value):
+    tl.store(base + idx[:, None] * WIDTH + offs[None, :], value, mask=(idx[:, None] < n) & (offs[None, :] < WIDTH))
+
+
+@triton.jit
+def _band(off, pid_m, n_keys, WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[lo, hi): the band's keys query block ``pid_m`` may see, lo aligned to a key block."""
+    lo = 0
+    if WINDOW > 0:
+        lo = tl.maximum(off + pid_m * BLOCK_M - WINDOW + 1, 0) // BLOCK_N * BLOCK_N
+    return lo, tl.minimum(off + (pid_m + 1) * BLOCK_M, n_keys)
+
+
+@triton.jit
+def _query_block(n_keys, H, HK, TQ, DP: tl.constexpr, DVP: tl.constexpr, BLOCK_M: tl.constexpr):
+    """This program's query block: (block, batch x head, its KV head, rows, head-dim offsets, the rows' first
+    position offset, positions)."""
+    pid_m, bh = tl.program_id(0), tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    off = n_keys - TQ
+    return pid_m, bh, bh // H * HK + bh % H // (H // HK), rows, tl.arange(0, DP), tl.arange(0, DVP), off, off + rows
+
+
+@triton.jit
 def _visible(pos, keys, n_keys, WINDOW: tl.constexpr, SINKS: tl.constexpr, SINK_PART: tl.constexpr):
     """[M, N] mask of the keys a part covers: the band (j <= p, p - j < window) or the sink tokens the band leaves
     out (j < sinks, p - j >= window)."""
@@ -40,10 +71,7 @@ def _fwd_block(q, acc, m_i, l_i, k_base, v_base, pos, keys, n_keys, scale, d_off
                D: tl.constexpr, DV: tl.constexpr, WINDOW: tl.constexpr, SINKS: tl.constexpr,
                SINK_PART: tl.constexpr):
     mask = _visible(pos, keys, n_keys, WINDOW, SINKS, SINK_PART)
-    k = tl.load(k_base + keys[:, None] * D + d_offs[None, :], mask=(keys[:, None] < n_keys) & (d_offs[None, :] < D),
-                other=0.0)
-    v = tl.load(v_base + keys[:, None] * DV + dv_offs[None, :],
-                mask=(keys[:, None] < n_keys) & (dv_offs[None, :] < DV), other=0.0)
+    k, v = _tile(k_base, keys, n_keys, d_offs, D), _tile(v_base, keys, n_keys, dv_offs, DV)
     s = tl.where(mask, tl.dot(q, tl.trans(k)) * scale, NEG)
     m_new = tl.maximum(m_i, tl.max(s, 1))
     alpha = tl.exp(m_i - m_new)
@@ -58,18 +86,11 @@ def _fwd(Q, K, V, SINK, O, LSE, n_keys, H, HK, TQ, TK, scale,
          D: tl.constexpr, DV: tl.constexpr, DP: tl.constexpr, DVP: tl.constexpr, WINDOW: tl.constexpr,
          SINKS: tl.constexpr, USE_SINK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
          BLOCK_S: tl.constexpr):
-    pid_m, bh = tl.program_id(0), tl.program_id(1)
-    b, h = bh // H, bh % H
-    kv = b * HK + h // (H // HK)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    d_offs, dv_offs = tl.arange(0, DP), tl.arange(0, DVP)
-    off = n_keys - TQ
-    pos = off + rows
-    q = tl.load(Q + (bh * TQ + rows[:, None]) * D + d_offs[None, :],
-                mask=(rows[:, None] < TQ) & (d_offs[None, :] < D), other=0.0)
+    pid_m, bh, kv, rows, d_offs, dv_offs, off, pos = _query_block(n_keys, H, HK, TQ, DP, DVP, BLOCK_M)
+    q = _tile(Q + bh * TQ * D, rows, TQ, d_offs, D)
     k_base, v_base = K + kv * TK * D, V + kv * TK * DV
     if USE_SINK:  # the sink logit opens the softmax: running max = the logit, running sum exp(0) = 1
-        m_i = tl.zeros([BLOCK_M], tl.float32) + tl.load(SINK + h)
+        m_i = tl.zeros([BLOCK_M], tl.float32) + tl.load(SINK + bh % H)
         l_i = tl.full([BLOCK_M], 1.0, tl.float32)
     else:
         m_i = tl.full([BLOCK_M], NEG, tl.float32)
@@ -78,16 +99,12 @@ def _fwd(Q, K, V, SINK, O, LSE, n_keys, H, HK, TQ, TK, scale,
     if WINDOW > 0 and SINKS > 0:  # the sink tokens the band leaves out
         acc, m_i, l_i = _fwd_block(q, acc, m_i, l_i, k_base, v_base, pos, tl.arange(0, BLOCK_S), n_keys, scale,
                                    d_offs, dv_offs, D, DV, WINDOW, SINKS, True)
-    lo = 0
-    if WINDOW > 0:
-        lo = tl.maximum(off + pid_m * BLOCK_M - WINDOW + 1, 0) // BLOCK_N * BLOCK_N
-    hi = tl.minimum(off + (pid_m + 1) * BLOCK_M, n_keys)
+    lo, hi = _band(off, pid_m, n_keys, WINDOW, BLOCK_M, BLOCK_N)
     for start in range(lo, hi, BLOCK_N):
         acc, m_i, l_i = _fwd_block(q, acc, m_i, l_i, k_base, v_base, pos, start + tl.arange(0, BLOCK_N), n_keys,
                                    scale, d_offs, dv_offs, D, DV, WINDOW, SINKS, False)
     l_i = tl.where(l_i > 0, l_i, 1.0)  # padding rows past Tq (with a window) see no key; they are not stored
-    tl.store(O + (bh * TQ + rows[:, None]) * DV + dv_offs[None, :], acc / l_i[:, None],
-             mask=(rows[:, None] < TQ) & (dv_offs[None, :] < DV))
+    _put(O + bh * TQ * DV, rows, TQ, dv_offs, DV, acc / l_i[:, None])
     tl.store(LSE + bh * TQ + rows, m_i + tl.log(l_i), mask=rows < TQ)
 
 
@@ -95,10 +112,7 @@ def _fwd(Q, K, V, SINK, O, LSE, n_keys, H, HK, TQ, TK, scale,
 def _dq_block(q, do, lse, delta, dq, k_base, v_base, pos, keys, n_keys, scale, d_offs, dv_offs,
               D: tl.constexpr, DV: tl.constexpr, WINDOW: tl.constexpr, SINKS: tl.constexpr, SINK_PART: tl.constexpr):
     mask = _visible(pos, keys, n_keys, WINDOW, SINKS, SINK_PART)
-    k = tl.load(k_base + keys[:, None] * D + d_offs[None, :], mask=(keys[:, None] < n_keys) & (d_offs[None, :] < D),
-                other=0.0)
-    v = tl.load(v_base + keys[:, None] * DV + dv_offs[None, :],
-                mask=(keys[:, None] < n_keys) & (dv_offs[None, :] < DV), other=0.0)
+    k, v = _tile(k_base, keys, n_keys, d_offs, D), _tile(v_base, keys, n_keys, dv_offs, DV)
     p = tl.where(mask, tl.exp(tl.dot(q, tl.trans(k)) * scale - lse[:, None]), 0.0)
     ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
     return dq + tl.dot(ds.to(k.dtype), k) * scale
@@ -108,33 +122,20 @@ def _dq_block(q, do, lse, delta, dq, k_base, v_base, pos, keys, n_keys, scale, d
 def _dq(Q, K, V, DO, LSE, DELTA, DQ, n_keys, H, HK, TQ, TK, scale,
         D: tl.constexpr, DV: tl.constexpr, DP: tl.constexpr, DVP: tl.constexpr, WINDOW: tl.constexpr,
         SINKS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr):
-    pid_m, bh = tl.program_id(0), tl.program_id(1)
-    b, h = bh // H, bh % H
-    kv = b * HK + h // (H // HK)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    d_offs, dv_offs = tl.arange(0, DP), tl.arange(0, DVP)
-    off = n_keys - TQ
-    pos = off + rows
-    row_ok = rows < TQ
-    q = tl.load(Q + (bh * TQ + rows[:, None]) * D + d_offs[None, :], mask=row_ok[:, None] & (d_offs[None, :] < D),
-                other=0.0)
-    do = tl.load(DO + (bh * TQ + rows[:, None]) * DV + dv_offs[None, :],
-                 mask=row_ok[:, None] & (dv_offs[None, :] < DV), other=0.0)
-    lse = tl.load(LSE + bh * TQ + rows, mask=row_ok, other=0.0)
-    delta = tl.load(DELTA + bh * TQ + rows, mask=row_ok, other=0.0)
+    pid_m, bh, kv, rows, d_offs, dv_offs, off, pos = _query_block(n_keys, H, HK, TQ, DP, DVP, BLOCK_M)
+    q, do = _tile(Q + bh * TQ * D, rows, TQ, d_offs, D), _tile(DO + bh * TQ * DV, rows, TQ, dv_offs, DV)
+    lse = tl.load(LSE + bh * TQ + rows, mask=rows < TQ, other=0.0)
+    delta = tl.load(DELTA + bh * TQ + rows, mask=rows < TQ, other=0.0)
     k_base, v_base = K + kv * TK * D, V + kv * TK * DV
     dq = tl.zeros([BLOCK_M, DP], tl.float32)
     if WINDOW > 0 and SINKS > 0:
         dq = _dq_block(q, do, lse, delta, dq, k_base, v_base, pos, tl.arange(0, BLOCK_S), n_keys, scale, d_offs,
                        dv_offs, D, DV, WINDOW, SINKS, True)
-    lo = 0
-    if WINDOW > 0:
-        lo = tl.maximum(off + pid_m * BLOCK_M - WINDOW + 1, 0) // BLOCK_N * BLOCK_N
-    hi = tl.minimum(off + (pid_m + 1) * BLOCK_M, n_keys)
+    lo, hi = _band(off, pid_m, n_keys, WINDOW, BLOCK_M, BLOCK_N)
     for start in range(lo, hi, BLOCK_N):
         dq = _dq_block(q, do, lse, delta, dq, k_base, v_base, pos, start + tl.arange(0, BLOCK_N), n_keys, scale,
                        d_offs, dv_offs, D, DV, WINDOW, SINKS, False)
-    tl.store(DQ + (bh * TQ + rows[:, None]) * D + d_offs[None, :], dq, mask=row_ok[:, None] & (d_offs[None, :] < D))
+    _put(DQ + bh * TQ * D, rows, TQ, d_offs, D, dq)
 
 
 @triton.jit
@@ -142,15 +143,10 @@ def _dkdv(Q, K, V, DO, LSE, DELTA, DK, DVAL, n_keys, H, HK, TQ, TK, scale,
           D: tl.constexpr, DV: tl.constexpr, DP: tl.constexpr, DVP: tl.constexpr, WINDOW: tl.constexpr,
           SINKS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_n, bkv = tl.program_id(0), tl.program_id(1)
-    b, hk = bkv // HK, bkv % HK
     group = H // HK
     keys = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     d_offs, dv_offs = tl.arange(0, DP), tl.arange(0, DVP)
-    key_ok = keys < n_keys
-    k = tl.load(K + (bkv * TK + keys[:, None]) * D + d_offs[None, :], mask=key_ok[:, None] & (d_offs[None, :] < D),
-                other=0.0)
-    v = tl.load(V + (bkv * TK + keys[:, None]) * DV + dv_offs[None, :],
-                mask=key_ok[:, None] & (dv_offs[None, :] < DV), other=0.0)
+    k, v = _tile(K + bkv * TK * D, keys, n_keys, d_offs, D), _tile(V + bkv * TK * DV, keys, n_keys, dv_offs, DV)
     off = n_keys - TQ
     # query rows that may see these keys: positions >= the block's first key; with a window, only up to the last
     # key + window - 1, unless the block holds sink tokens (every later query sees those)
@@ -162,29 +158,22 @@ def _dkdv(Q, K, V, DO, LSE, DELTA, DK, DVAL, n_keys, H, HK, TQ, TK, scale,
     dk = tl.zeros([BLOCK_N, DP], tl.float32)
     dv = tl.zeros([BLOCK_N, DVP], tl.float32)
     for g in range(0, group):
-        bh = b * H + hk * group + g
+        bh = bkv // HK * H + bkv % HK * group + g
         for start in range(lo, hi, BLOCK_M):
             rows = start + tl.arange(0, BLOCK_M)
-            row_ok = rows < TQ
-            pos = off + rows
-            q = tl.load(Q + (bh * TQ + rows[:, None]) * D + d_offs[None, :],
-                        mask=row_ok[:, None] & (d_offs[None, :] < D), other=0.0)
-            do = tl.load(DO + (bh * TQ + rows[:, None]) * DV + dv_offs[None, :],
-                         mask=row_ok[:, None] & (dv_offs[None, :] < DV), other=0.0)
-            lse = tl.load(LSE + bh * TQ + rows, mask=row_ok, other=0.0)
-            delta = tl.load(DELTA + bh * TQ + rows, mask=row_ok, other=0.0)
-            p_, j = pos[:, None], keys[None, :]
-            seen = (j <= p_) & (j < n_keys) & row_ok[:, None]
+            q, do = _tile(Q + bh * TQ * D, rows, TQ, d_offs, D), _tile(DO + bh * TQ * DV, rows, TQ, dv_offs, DV)
+            lse = tl.load(LSE + bh * TQ + rows, mask=rows < TQ, other=0.0)
+            delta = tl.load(DELTA + bh * TQ + rows, mask=rows < TQ, other=0.0)
+            p_, j = (off + rows)[:, None], keys[None, :]
+            seen = (j <= p_) & (j < n_keys) & (rows[:, None] < TQ)
             if WINDOW > 0:
                 seen = seen & ((p_ - j < WINDOW) | (j < SINKS))
             p = tl.where(seen, tl.exp(tl.dot(q, tl.trans(k)) * scale - lse[:, None]), 0.0)
             dv += tl.dot(tl.trans(p).to(do.dtype), do)
             ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
             dk += tl.dot(tl.trans(ds).to(q.dtype), q) * scale
-    tl.store(DK + (bkv * TK + keys[:, None]) * D + d_offs[None, :], dk, mask=(keys[:, None] < TK) &
-             (d_offs[None, :] < D))
-    tl.store(DVAL + (bkv * TK + keys[:, None]) * DV + dv_offs[None, :], dv, mask=(keys[:, None] < TK) &
-             (dv_offs[None, :] < DV))
+    _put(DK + bkv * TK * D, keys, TK, d_offs, D, dk)
+    _put(DVAL + bkv * TK * DV, keys, TK, dv_offs, DV, dv)
 
 
 def _pow2(n: int, least: int = 16) -> int:

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-NEG = tl.constexpr(-1e30)  # "minus infinity" that keeps exp() and max() finite
+from ascend_ops.triton.attention import NEG, _tile
 
 
 @triton.jit
@@ -30,10 +30,7 @@ def _decode(QL, QR, C, R, O, LSE, n_keys, H, T, scale, keys_per_split,
     heads = hb * BLOCK_H + tl.arange(0, BLOCK_H)
     head_ok = heads < H
     dl, dr = tl.arange(0, DLP), tl.arange(0, DRP)
-    ql = tl.load(QL + (b * H + heads[:, None]) * DL + dl[None, :], mask=head_ok[:, None] & (dl[None, :] < DL),
-                 other=0.0)
-    qr = tl.load(QR + (b * H + heads[:, None]) * DR + dr[None, :], mask=head_ok[:, None] & (dr[None, :] < DR),
-                 other=0.0)
+    ql, qr = _tile(QL + b * H * DL, heads, H, dl, DL), _tile(QR + b * H * DR, heads, H, dr, DR)
     m_i = tl.full([BLOCK_H], NEG, tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, DLP], tl.float32)
@@ -42,10 +39,7 @@ def _decode(QL, QR, C, R, O, LSE, n_keys, H, T, scale, keys_per_split,
     for j0 in range(start, stop, BLOCK_N):
         keys = j0 + tl.arange(0, BLOCK_N)
         key_ok = keys < stop
-        c = tl.load(C + (b * T + keys[:, None]) * DL + dl[None, :], mask=key_ok[:, None] & (dl[None, :] < DL),
-                    other=0.0)
-        r = tl.load(R + (b * T + keys[:, None]) * DR + dr[None, :], mask=key_ok[:, None] & (dr[None, :] < DR),
-                    other=0.0)
+        c, r = _tile(C + b * T * DL, keys, stop, dl, DL), _tile(R + b * T * DR, keys, stop, dr, DR)
         s = (tl.dot(ql, tl.trans(c)) + tl.dot(qr, tl.trans(r))) * scale
         s = tl.where(key_ok[None, :], s, NEG)
         m_new = tl.maximum(m_i, tl.max(s, 1))
