@@ -15,7 +15,6 @@ report.json). The last line is one JSON object of tokens/s keyed "<who>@<context
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from forward import peak_mb, token_ids, torch_smollm2  # noqa: E402
+from forward import child_result, peak_mb, token_ids, torch_smollm2  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,12 +61,8 @@ def child_hf(path: str, context: int, new: int) -> dict:
 
 
 def run_child(who: str, path: str, context: int, new: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", who, "--model", path, "--contexts", str(context),
-           "--new-tokens", str(new)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or ["killed"])[-1][:120]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return child_result([sys.executable, __file__, "--child", who, "--model", path, "--contexts", str(context),
+                         "--new-tokens", str(new)], cwd=REPO)
 
 
 def main():

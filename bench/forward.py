@@ -104,13 +104,21 @@ def child_torch(n, repeats, chunk):
     return {"first_call_s": first, "seconds": min(times), "loaded_mb": loaded, "nll": float(first_nll.mean())}
 
 
+def child_result(cmd, **kw) -> dict:
+    """Runs one benchmark cell in a process of its own: its last stdout line (JSON), or what ended it (a signal,
+    e.g. the OOM killer's or a user's, or the last line of its stderr that is not a MindSpore warning)."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if proc.returncode == 0:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    if proc.returncode < 0:
+        return {"error": f"killed by signal {-proc.returncode}", "rc": proc.returncode}
+    lines = [ln for ln in proc.stderr.strip().splitlines() if not ln.startswith("[WARNING]")]
+    return {"error": (lines or ["failed"])[-1][:120], "rc": proc.returncode}
+
+
 def run_child(impl, n, repeats, chunk):
-    cmd = [sys.executable, __file__, "--child", impl, "--lengths", str(n), "--repeats", str(repeats),
-           "--chunk", str(chunk)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or ["killed"])[-1][:120], "rc": proc.returncode}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return child_result([sys.executable, __file__, "--child", impl, "--lengths", str(n), "--repeats", str(repeats),
+                         "--chunk", str(chunk)])
 
 
 def main():

@@ -17,7 +17,6 @@ import copy
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from forward import peak_mb, side_by_side, token_ids, torch_smollm2
+from forward import child_result, peak_mb, side_by_side, token_ids, torch_smollm2
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs/smollm2_135m_gateswa.yaml"
@@ -94,11 +93,8 @@ def child_torch(n: int, steps: int) -> dict:
 
 
 def run_child(impl: str, n: int, steps: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", impl, "--lengths", str(n), "--steps", str(steps)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or ["killed"])[-1][:120], "rc": proc.returncode}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return child_result([sys.executable, __file__, "--child", impl, "--lengths", str(n), "--steps", str(steps)],
+                        cwd=REPO)
 
 
 def main():
