@@ -142,6 +142,7 @@ def plot(run_dir: Path, rows: list, r: dict) -> list:
                 ax.plot(x, y, color=color, alpha=0.3, linewidth=0.8)   # the raw steps, faint
                 ax.plot(x, smoothed(y), color=color, label=f"{term} (smoothed)")
             ax.set(title=f"{s} loss", xlabel="tokens", yscale="log")
+            ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v / 1000:g}k" if v else "0"))
             ax.legend()
         save(fig, "loss.png")
         s1 = [x for x in rows if x["stage"] == "stage1"]
@@ -171,7 +172,7 @@ def plot(run_dir: Path, rows: list, r: dict) -> list:
     n = r.get("needle")
     if n:
         fig, axes = plt.subplots(1, 2, figsize=(2.6 + 1.4 * len(n["contexts"]), 0.7 + 0.55 * len(n["depths"])),
-                                 squeeze=False)
+                                 squeeze=False, sharey=True)
         for ax, who in zip(axes[0], ("teacher", "student")):
             ax.imshow(n[who], cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
             ax.set_xticks(range(len(n["contexts"])), [f"{c // 1024}K" if c >= 1024 else str(c) for c in n["contexts"]])
