@@ -120,16 +120,22 @@ def attention_memory(m, tokens: int, seq: int, tp: int, face: str, bytes_: int, 
     return kept + tokens * n * (stats + (sinks * 4 * 2 if window else 0))
 
 
-def stage_flops(job) -> dict:
-    """{stage: {part: FLOPs per token}} of the whole model at each stage's sequence length (module docstring)."""
+def stage_seq(train: dict, name: str) -> int:
+    """A stage's sequence length (4096 when the config leaves it to the data)."""
+    return train[name]["seq_len"] or 4096
+
+
+def stage_flops(job, modules: tuple = None) -> dict:
+    """{stage: {part: FLOPs per token}} of the whole model at each stage's sequence length (module docstring);
+    ``modules``: layer_modules' (teachers, students) when the caller has built them."""
     cfg, t, dims = job.model_shapes(), job.train, job.dims
-    teachers, students = layer_modules(cfg, job.target)
+    teachers, students = modules or layer_modules(cfg, job.target)
     layers = range(cfg.num_hidden_layers)
     mlp = sum(mlp_flops(cfg, i, dims.ep) for i in layers)
     head = 2 * cfg.hidden_size * cfg.vocab_size
     out = {}
     for name in ("stage1", "stage2"):
-        seq = t[name]["seq_len"] or 4096
+        seq = stage_seq(t, name)
         teacher = mlp + head + sum(sum(attention_flops(m, seq)) for m in teachers)
         s_attn = [attention_flops(m, seq) for m in students]
         attn = sum(p + c for p, c in s_attn)
@@ -188,9 +194,9 @@ def estimate(job, device_memory: int, face: str = "ascend", peak_tflops: float =
     out = {"layout": f"dp={dp} tp={tp} pp={pp} ep={ep} micro_batches={mb}{moe}", "face": face,
            "device_memory": device_memory, "pipeline_stage": stage, "layers_on_stage": len(layers),
            "devices": dims.world, "peak_tflops": peak_tflops, "mfu": mfu, "stages": {}}
-    flops = stage_flops(job)
+    flops = stage_flops(job, (teachers, students))
     for name, trainable_count in (("stage1", c.trainable1), ("stage2", c.trainable2)):
-        seq = t[name]["seq_len"] or 4096
+        seq = stage_seq(t, name)
         tokens = max(1, t["batch_size"] // dp // (mb if name == "stage2" else 1)) * seq
         attn_act = [attention_memory(students[i], tokens, seq, tp, face, bytes_, h) for i in layers]
         if name == "stage1":  # the teacher's taps (input and output) and the student attention, every layer
