@@ -164,10 +164,9 @@ def _dkdv(Q, K, V, DO, LSE, DELTA, DK, DVAL, n_keys, H, HK, TQ, TK, scale,
             q, do = _tile(Q + bh * TQ * D, rows, TQ, d_offs, D), _tile(DO + bh * TQ * DV, rows, TQ, dv_offs, DV)
             lse = tl.load(LSE + bh * TQ + rows, mask=rows < TQ, other=0.0)
             delta = tl.load(DELTA + bh * TQ + rows, mask=rows < TQ, other=0.0)
-            p_, j = (off + rows)[:, None], keys[None, :]
-            seen = (j <= p_) & (j < n_keys) & (rows[:, None] < TQ)
-            if WINDOW > 0:
-                seen = seen & ((p_ - j < WINDOW) | (j < SINKS))
+            pos = off + rows  # every key the query sees: the band's and the sink tokens the band leaves out
+            band = _visible(pos, keys, n_keys, WINDOW, SINKS, False)
+            seen = (band | _visible(pos, keys, n_keys, WINDOW, SINKS, True)) & (rows[:, None] < TQ)
             p = tl.where(seen, tl.exp(tl.dot(q, tl.trans(k)) * scale - lse[:, None]), 0.0)
             dv += tl.dot(tl.trans(p).to(do.dtype), do)
             ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
@@ -180,7 +179,7 @@ def _pow2(n: int, least: int = 16) -> int:
     return max(least, triton.next_power_of_2(n))
 
 
-def _dims(q, k, v, sink_tokens):
+def _dims(q, k, v):
     b, h, tq, d = q.shape
     hk, tk, dv = k.shape[1], k.shape[2], v.shape[3]
     if h % hk:
@@ -190,7 +189,7 @@ def _dims(q, k, v, sink_tokens):
 
 def forward(q, k, v, sink=None, scale=1.0, window=0, sink_tokens=0, n_keys=None, block_m=16, block_n=16):
     """(o [B, H, Tq, Dv] float32, lse [B, H, Tq] float32); ``n_keys`` = valid keys of a fixed-capacity cache."""
-    b, h, hk, tq, tk, d, dv, dims = _dims(q, k, v, sink_tokens)
+    b, h, hk, tq, tk, d, dv, dims = _dims(q, k, v)
     n = tk if n_keys is None else int(n_keys)
     o = torch.empty((b, h, tq, dv), dtype=torch.float32)
     lse = torch.empty((b, h, tq), dtype=torch.float32)
@@ -204,7 +203,7 @@ def forward(q, k, v, sink=None, scale=1.0, window=0, sink_tokens=0, n_keys=None,
 
 def backward(q, k, v, sink, o, lse, do, scale=1.0, window=0, sink_tokens=0, n_keys=None, block_m=16, block_n=16):
     """(dq, dk, dv, dsink or None), float32, for the output gradient ``do``."""
-    b, h, hk, tq, tk, d, dv_, dims = _dims(q, k, v, sink_tokens)
+    b, h, hk, tq, tk, d, dv_, dims = _dims(q, k, v)
     n = tk if n_keys is None else int(n_keys)
     delta = (do.float() * o).sum(-1).contiguous()
     q, k, v, do = q.contiguous(), k.contiguous(), v.contiguous(), do.contiguous()

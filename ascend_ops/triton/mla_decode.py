@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ascend_ops.triton.attention import NEG, _tile
+from ascend_ops.triton.attention import NEG, _pow2, _tile
 
 
 @triton.jit
@@ -67,7 +67,7 @@ def decode(q_lat, q_rope, latent, rope_key, scale, n_keys=None, block_h=16, bloc
     lse = torch.empty((b, h, splits), dtype=torch.float32)
     _decode[(b, triton.cdiv(h, block_h), splits)](
         q_lat.contiguous(), q_rope.contiguous(), latent.contiguous(), rope_key.contiguous(), o, lse, n, h, t,
-        float(scale), per_split, DL=dl, DR=dr, DLP=max(16, triton.next_power_of_2(dl)),
-        DRP=max(16, triton.next_power_of_2(dr)), BLOCK_H=block_h, BLOCK_N=block_n)
+        float(scale), per_split, DL=dl, DR=dr, DLP=_pow2(dl), DRP=_pow2(dr), BLOCK_H=block_h,
+        BLOCK_N=block_n)
     total = torch.logsumexp(lse, -1)
     return (torch.exp(lse - total[..., None])[..., None] * o).sum(2), total
