@@ -55,6 +55,41 @@ def test_sparse_moe_equals_every_expert_on_every_token(norm_topk_prob, ties, rng
         np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=0, atol=1e-5, err_msg=p.name)
 
 
+@pytest.mark.parametrize("ep", [2, 3])
+def test_expert_parallel_dispatch_sums_to_every_expert(ep, rng):
+    """The EP dispatch's decomposition in one process: each EP rank's block (its consecutive experts' rows sorted
+    first, every other row zero) summed over the ranks equals every expert on every token, forward and every
+    gradient (the collectives themselves are one-rank identities here; tests/test_parallel.py runs them)."""
+    from dataclasses import replace
+    from mindedit.data.assets import TINY_QWEN3_MOE
+    from mindedit.models import ModelConfig
+    from mindedit.models.qwen3 import SparseMoE
+    from mindedit.parallel.comm import SINGLE
+    from mindedit.parallel.expert import ExpertParallelMoE
+    cfg = replace(ModelConfig.from_hf_dict(dict(TINY_QWEN3_MOE, vocab_size=64), "tiny"), num_experts=6,
+                  num_experts_per_tok=2)
+    moe = SparseMoE(cfg, ms.float32)
+    for name, p in moe.parameters_and_names():
+        p.set_data(ms.Tensor(rng.standard_normal(p.shape).astype(np.float32) * 0.1))
+    per = cfg.num_experts // ep
+    ranks = [ExpertParallelMoE.shard(moe, tuple(range(r * per, (r + 1) * per)), SINGLE, SINGLE) for r in range(ep)]
+    x = ms.Tensor(rng.standard_normal((2, 9, cfg.hidden_size)).astype(np.float32))
+    dy = ms.Tensor(rng.standard_normal((2, 9, cfg.hidden_size)).astype(np.float32))
+    params = moe.trainable_params()
+
+    def summed(x):
+        return sum(r(x) for r in ranks)
+    np.testing.assert_allclose(summed(x).asnumpy(), moe.all_experts(x).asnumpy(), rtol=0, atol=1e-6)
+    for r in ranks:  # each rank alone: only the tokens that chose one of its experts get an output
+        chose = np.isin(moe.route(x)[1].asnumpy(), r.local).any(-1)
+        assert (np.abs(r(x).asnumpy()).sum(-1) > 0).tolist() == chose.tolist()
+    g_ep = ms.grad(lambda x: (summed(x) * dy).sum(), grad_position=0, weights=params)(x)
+    g_dense = ms.grad(lambda x: (moe.all_experts(x) * dy).sum(), grad_position=0, weights=params)(x)
+    np.testing.assert_allclose(g_ep[0].asnumpy(), g_dense[0].asnumpy(), rtol=0, atol=1e-5, err_msg="dx")
+    for p, a, b in zip(params, g_ep[1], g_dense[1]):
+        np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=0, atol=1e-5, err_msg=p.name)
+
+
 def test_token_permute_keeps_cann_moe_token_permute_contract():
     """The plain-ops permutation (every device but Ascend) returns what ops.moe_token_permute documents: its
     docstring's example (tokens grouped by expert, sorted_indices = each token's row), and with top-k = 2 the

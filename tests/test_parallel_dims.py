@@ -77,9 +77,11 @@ def test_plan_fits_the_shipped_qwen3_layouts_on_910b(name):
 def test_plan_refuses_an_impossible_layout_naming_the_largest_term():
     import subprocess
     import sys
-    # Qwen3-30B-A3B on one server fits with the sparse dispatch (ep = 1), not with the portable EP one (ep = 4)
+    # Qwen3-30B-A3B fits one server at dp=2 tp=4 pp=1 (42 / 47 GiB); at dp=1 tp=8 ep=8 a micro-batch holds two
+    # sequences, and stage 2's activations no longer fit
     proc = subprocess.run([sys.executable, "-m", "mindedit", "plan", "--config", "configs/qwen3_30b_a3b_mla.yaml",
-                           "--set", "parallel.pp=1", "--set", "parallel.ep=4",
+                           "--set", "parallel.pp=1", "--set", "parallel.dp=1", "--set", "parallel.tp=8",
+                           "--set", "parallel.ep=8",
                            "--set", "cluster.nodes=[{host: 10.0.0.1, devices: [0,1,2,3,4,5,6,7]}]"],
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode != 0
@@ -102,8 +104,8 @@ def test_mean_keys_counts_the_visible_keys_of_the_attention_contract():
 
 
 def test_plan_flops_per_token_by_hand():
-    """Qwen3-8B teacher forward at 4,096 tokens from its published shapes; Qwen3-30B-A3B's experts as dispatched
-    (top-8 under the sparse dispatch, all 128 under the portable EP one)."""
+    """Qwen3-8B teacher forward at 4,096 tokens from its published shapes; Qwen3-30B-A3B's experts as dispatched:
+    the router and top-8 experts per token, with or without expert parallelism."""
     from mindedit.parallel.plan import stage_flops
     job = load_job_config(CONFIGS / "qwen3_8b_mla.yaml")
     h, n, nk, d, inter, layers, vocab = 4096, 32, 8, 128, 12288, 36, 151936
@@ -115,9 +117,13 @@ def test_plan_flops_per_token_by_hand():
     assert f["stage1"]["student backward"] == pytest.approx(2 * f["stage1"]["student forward"], rel=1e-12)
     moe = load_job_config(CONFIGS / "qwen3_30b_a3b_gateswa.yaml", ["parallel.ep=1"])
     gathered = load_job_config(CONFIGS / "qwen3_30b_a3b_gateswa.yaml", ["parallel.ep=4"])
-    extra = 48 * 2 * 2048 * (128 - 8) * 3 * 768  # 120 more experts per token in each of the 48 layers
-    assert stage_flops(gathered)["stage1"]["teacher forward"] - stage_flops(moe)["stage1"]["teacher forward"] == \
-        pytest.approx(extra, rel=1e-12)
+    h, n, nk, layers = 2048, 32, 4, 48
+    attn_params = h * n * d * 2 + h * nk * d * 2 + 2 * d
+    routed = 2 * h * (128 + 8 * 3 * 768)  # router + 8 experts
+    core = 2 * n * (d + d) * (4096 + 1) / 2  # the teacher: every layer causal
+    by_hand = layers * (2 * attn_params + routed + core) + 2 * h * vocab
+    for job in (moe, gathered):
+        assert stage_flops(job)["stage1"]["teacher forward"] == pytest.approx(by_hand, rel=1e-12)
 
 
 def test_plan_counts_the_attention_the_face_keeps():

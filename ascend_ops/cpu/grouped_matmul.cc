@@ -3,9 +3,10 @@
 //
 //   x [N, In] float32      rows sorted by expert: rows offsets[e] .. offsets[e+1]-1 belong to expert e
 //   w [E, Out, In] float32 the experts' weights in HF layout (a Linear's weight [out, in])
-//   offsets [E+1] int32    offsets[0] = 0, offsets[E] = N, non-decreasing
-//   y [N, Out]             y[r] = w[e(r)] @ x[r]
-// Backward: dx [N, In] = dy[r] @ w[e(r)],  dw [E, Out, In] = sum over e's rows of dy[r]^T x[r].
+//   offsets [E+1] int32    offsets[0] = 0, offsets[E] <= N, non-decreasing
+//   y [N, Out]             y[r] = w[e(r)] @ x[r]; rows from offsets[E] on belong to no expert: y[r] = 0
+//                          (expert parallelism: only the local experts' rows, sorted first, are computed)
+// Backward: dx [N, In] = dy[r] @ w[e(r)] (0 past offsets[E]),  dw [E, Out, In] = sum over e's rows of dy[r]^T x[r].
 // Each expert's FLOPs are its own rows' only: T x top_k rows in all, instead of T x num_experts.
 #include <algorithm>
 #include <cstdint>
@@ -82,6 +83,7 @@ int GroupedMatmulForward(int nparam, void** params, int* ndims, int64_t** shapes
   std::vector<std::pair<int64_t, int64_t>> blocks;  // (first row, expert)
   for (int64_t e = 0; e < d.e; ++e)
     for (int64_t r = off[e]; r < off[e + 1]; r += 4) blocks.emplace_back(r, e);
+  std::memset(y + off[d.e] * d.out, 0, sizeof(float) * (d.n - off[d.e]) * d.out);
 #pragma omp parallel for schedule(dynamic, 4)
   for (int64_t b = 0; b < static_cast<int64_t>(blocks.size()); ++b) {
     const int64_t r0 = blocks[b].first, e = blocks[b].second;
@@ -109,6 +111,7 @@ int GroupedMatmulBackward(int nparam, void** params, int* ndims, int64_t** shape
   for (int64_t r = 0; r < d.n; ++r) {  // dx[r] = sum_o dy[r][o] w[e][o]
     float* out = dx + r * d.in;
     std::memset(out, 0, sizeof(float) * d.in);
+    if (r >= off[d.e]) continue;
     const int64_t e = expert_of(off, d.e, r);
     const float* we = w + e * d.out * d.in;
     for (int64_t o = 0; o < d.out; ++o) axpy(dy[r * d.out + o], we + o * d.in, out, d.in);

@@ -65,23 +65,35 @@ class SparseMoE(nn.Cell):
         onehot = ops.one_hot(idx, self.num_experts, ms.Tensor(1.0, ms.float32), ms.Tensor(0.0, ms.float32))
         return (onehot * top.unsqueeze(-1)).sum(-2).astype(x.dtype)
 
+    def expert_weights(self, name):
+        """[E, out, in]: projection ``name`` of the experts this block runs, stacked in expert order."""
+        return ops.stack([getattr(e, name).weight for e in self.experts])
+
     def experts_on_rows(self, rows, offsets):
         """rows [N, hidden] sorted by expert (rows offsets[e]..offsets[e+1]-1 are expert e's) -> [N, hidden]."""
-        def stacked(name):
-            return ops.stack([getattr(e, name).weight for e in self.experts])
-        h = mint.nn.functional.silu(self.gmm(rows, stacked("gate_proj"), offsets)) * \
-            self.gmm(rows, stacked("up_proj"), offsets)
-        return self.gmm(h, stacked("down_proj"), offsets)
+        h = mint.nn.functional.silu(self.gmm(rows, self.expert_weights("gate_proj"), offsets)) * \
+            self.gmm(rows, self.expert_weights("up_proj"), offsets)
+        return self.gmm(h, self.expert_weights("down_proj"), offsets)
+
+    def dispatch(self, x, top, idx, runs: int):
+        """x [N, hidden] with each row's top-k weights and expert ids [N, k] -> [N, hidden]: the (token, choice)
+        rows sorted by expert, experts 0..runs-1 (the ones this block holds) each on its own rows, the rows of
+        any other expert zero, put back in token order and mixed by the weights."""
+        rows, back = self.permute.permute(x, idx)
+        counts = ops.one_hot(idx.reshape(-1), self.num_experts, ms.Tensor(1, ms.int32),
+                             ms.Tensor(0, ms.int32)).sum(0)
+        offsets = mint.cat([ops.zeros((1,), ms.int32), ops.cumsum(counts[:runs], 0).astype(ms.int32)])
+        out = self.experts_on_rows(rows, offsets)
+        if runs < self.num_experts:  # rows past the last held expert's: not computed (unspecified on CANN)
+            held = ops.arange(0, rows.shape[0], dtype=ms.int32).reshape(-1, 1) < offsets[runs]
+            out = mint.where(held, out, ops.zeros((), out.dtype))
+        return self.permute.unpermute(out, back, top)
 
     def construct(self, x):
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         top, idx = self.route(x)
-        rows, back = self.permute.permute(x, idx)  # the (token, choice) rows sorted by expert
-        counts = ops.one_hot(idx.reshape(-1), self.num_experts, ms.Tensor(1, ms.int32),
-                             ms.Tensor(0, ms.int32)).sum(0)
-        offsets = mint.cat([ops.zeros((1,), ms.int32), ops.cumsum(counts, 0).astype(ms.int32)])
-        return self.permute.unpermute(self.experts_on_rows(rows, offsets), back, top).reshape(shape)
+        return self.dispatch(x, top, idx, self.num_experts).reshape(shape)
 
     def all_experts(self, x):
         """Every expert on every token, mixed by the routing weights (zero for the unchosen): the oracle."""

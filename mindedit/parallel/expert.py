@@ -2,16 +2,21 @@
 
 Tensor parallelism without EP (TensorParallelMoE): the sparse dispatch on each rank's slices of every expert.
 
-Portable EP dispatch (only AllGather and AllReduce, which both backends have):
+EP dispatch by all-gather (only AllGather and AllReduce, which both backends have; Megatron-LM calls this
+token dispatcher "allgather"):
     1. route on the full token set (the router is replicated and cheap), so its gradient needs no extra sum;
     2. split the tokens over the TP group (TP ranks hold the same tokens; after the split every rank of the EP
        group holds different ones, so no expert sees a token twice);
-    3. all-gather tokens and routing weights over the EP group, run the local experts on all of them;
+    3. all-gather tokens, their top-k weights and expert ids over the EP group; number the experts from this
+       rank's first, so that the sort by expert puts the rows of the local experts first, and run the sparse
+       dispatch on them: each local expert on the rows that chose it, the other ranks' rows zero (top_k rows per
+       token in all, as with ep = 1);
     4. sum the partial outputs over the EP group and keep this rank's tokens; all-gather over TP again.
-An AlltoAll dispatch (tokens sent only to the experts that chose them) is the Ascend fast path; it does not exist
-on the CPU backend, so it is not built here (docs/parallel.md).
+An AlltoAll dispatch would move only the rows a rank's experts chose (the gathered copy of every token is the
+price paid here); the CPU backend has no AlltoAll, so it is not built (docs/parallel.md).
 """
-from mindspore import nn, ops
+import mindspore as ms
+from mindspore import mint, nn, ops
 
 from mindedit.models.qwen3 import SparseMoE
 from mindedit.parallel.comm import CopyToGroup, GatherForPartial, GatherFromGroup, Group, ReduceFromGroup, \
@@ -52,20 +57,27 @@ class ExpertParallelMoE(SparseMoE):
         new = cls.__new__(cls)
         nn.Cell.__init__(new)
         new.num_experts, new.top_k, new.norm_topk_prob = moe.num_experts, moe.top_k, moe.norm_topk_prob
-        new.gate = moe.gate
+        new.gate, new.gmm, new.permute = moe.gate, moe.gmm, moe.permute
         # keep the full list so that parameter paths stay experts.<global index>; other ranks' experts are empty
         new.experts = nn.CellList([moe.experts[e] if e in local else nn.Cell() for e in range(moe.num_experts)])
+        if tuple(local) != tuple(range(local[0], local[0] + len(local))):
+            raise ValueError(f"ExpertParallelMoE: local experts {local} must be consecutive")
         new.local = tuple(local)  # (b * t must divide by tp: checked by parallelize's caller)
         new.split, new.unsplit = SplitToGroup(tp), GatherFromGroup(tp)
         new.gather, new.combine = GatherForPartial(ep), ReduceToSlice(ep)
         return new
 
+    def expert_weights(self, name):
+        return ops.stack([getattr(self.experts[e], name).weight for e in self.local])
+
     def construct(self, x):
         b, t, h = x.shape
-        weights = self.routing_weights(x).reshape(b * t, self.num_experts)
+        top, idx = self.route(x.reshape(b * t, h))
         xs = self.gather(self.split(x.reshape(b * t, h)))
-        ws = self.gather(self.split(weights))
-        out = ops.zeros_like(xs)
-        for e in self.local:  # the local experts on every gathered token (zero weights for the unchosen)
-            out = out + ws[:, e:e + 1] * self.experts[e](xs)
+        ws = self.gather(self.split(top))
+        # expert ids (as float32, exact below 2^24, through the same gather) counted from this rank's first expert:
+        # its own are 0 .. local - 1, so their rows sort first
+        ids = ops.stop_gradient(self.gather(self.split(idx.astype(ms.float32)))).astype(ms.int32) - self.local[0]
+        ids = mint.where(ids < 0, ids + self.num_experts, ids)
+        out = self.dispatch(xs, ws, ids, len(self.local))
         return self.unsplit(self.combine(out)).reshape(b, t, h)

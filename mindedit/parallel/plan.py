@@ -14,12 +14,13 @@ An estimate from shapes alone (no weights are loaded), for the code as it is bui
   every head, the fused faces O(T): ``ascend`` the operator's softmax max/sum, 8 float32 each per head and row,
   ``cpu`` one float32 log-sum-exp, plus the [T, sink_tokens] scores of the split's sink piece);
   stage 2 every local layer's residual stream, attention, and MLP or experts (the sparse dispatch keeps T x top_k
-  permuted rows; with ep > 1 the portable EP dispatch runs the local experts on all tokens of the EP group), and
+  permuted rows; with ep > 1 the all-gather EP dispatch keeps T x top_k rows of the gathered tokens at full
+  expert width, zero outside the local experts' rows), and
   the vocabulary-sized logits of teacher and student;
 plus a fixed 10% workspace margin. It fails with the largest term named when a stage does not fit.
 
 FLOPs per token (whole model; a multiply-add is 2 FLOPs): every linear layer 2 x its parameters (MoE: the router
-plus the experts that run: top_k under the sparse dispatch, all of them under the portable EP dispatch), the
+plus the top_k experts each token runs, with or without EP), the
 attention core 2 x heads x (qk + v head dims) x the mean number of keys a query sees at the stage's length
 (causal, window, sink tokens), the head 2 x hidden x vocab. Stage 1 = teacher forward + each student attention's
 forward and backward (2x its forward). Stage 2 = teacher forward + student forward + backward: input gradients
@@ -76,13 +77,11 @@ def mlp_params(cfg, layer: int, tp: int, ep: int) -> float:
     return 3 * h * cfg.intermediate_size / tp
 
 
-def mlp_flops(cfg, layer: int, ep: int) -> float:
-    """Forward FLOPs per token of a layer's MLP or experts as dispatched: the sparse dispatch runs top_k experts,
-    the portable EP dispatch (ep > 1) every expert of the group on every token."""
+def mlp_flops(cfg, layer: int) -> float:
+    """Forward FLOPs per token of a layer's MLP or experts as dispatched: the router and top_k experts."""
     h = cfg.hidden_size
     if cfg.is_moe_layer(layer):
-        ran = cfg.num_experts if ep > 1 else cfg.num_experts_per_tok
-        return 2 * h * (cfg.num_experts + ran * 3 * cfg.moe_intermediate_size)
+        return 2 * h * (cfg.num_experts + cfg.num_experts_per_tok * 3 * cfg.moe_intermediate_size)
     return 2 * 3 * h * cfg.intermediate_size
 
 
@@ -131,7 +130,7 @@ def stage_flops(job, modules: tuple = None) -> dict:
     cfg, t, dims = job.model_shapes(), job.train, job.dims
     teachers, students = modules or layer_modules(cfg, job.target)
     layers = range(cfg.num_hidden_layers)
-    mlp = sum(mlp_flops(cfg, i, dims.ep) for i in layers)
+    mlp = sum(mlp_flops(cfg, i) for i in layers)
     head = 2 * cfg.hidden_size * cfg.vocab_size
     out = {}
     for name in ("stage1", "stage2"):
@@ -189,7 +188,7 @@ def estimate(job, device_memory: int, face: str = "ascend", peak_tflops: float =
         if worst is None or c.backbone + c.student > worst[1].backbone + worst[1].student:
             worst = (stage, c, layers)
     stage, c, layers = worst
-    moe = ("" if not cfg.num_experts else "; MoE: portable EP dispatch (local experts on every gathered token)"
+    moe = ("" if not cfg.num_experts else "; MoE: all-gather EP dispatch, sparse (T x top_k rows of the EP group)"
            if ep > 1 else "; MoE: sparse dispatch (T x top_k rows)")
     out = {"layout": f"dp={dp} tp={tp} pp={pp} ep={ep} micro_batches={mb}{moe}", "face": face,
            "device_memory": device_memory, "pipeline_stage": stage, "layers_on_stage": len(layers),
@@ -204,9 +203,9 @@ def estimate(job, device_memory: int, face: str = "ascend", peak_tflops: float =
         else:
             per_layer = []
             for i, a in zip(layers, attn_act):
-                if cfg.is_moe_layer(i) and ep > 1:  # portable EP: the local experts on every gathered token
-                    group_tokens = tokens * ep / tp
-                    mlp_act = group_tokens * (cfg.num_experts // ep) * (3 * cfg.moe_intermediate_size + h) * bytes_
+                if cfg.is_moe_layer(i) and ep > 1:  # all-gather EP: T x top_k rows of the group, experts whole
+                    rows = tokens * ep / tp * cfg.num_experts_per_tok
+                    mlp_act = rows * (3 * cfg.moe_intermediate_size + 2 * h) * bytes_
                 elif cfg.is_moe_layer(i):  # sparse dispatch: T x top_k permuted rows, each expert width / tp
                     rows = tokens * cfg.num_experts_per_tok
                     mlp_act = rows * (3 * cfg.moe_intermediate_size / tp + 2 * h) * bytes_
