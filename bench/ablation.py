@@ -14,9 +14,12 @@ same total number of training tokens (--tokens):
     random_init     as "both", MLA initialised at random instead of by SVD (MLA configs only)
     free_rope       as "both", MLA with export_compatible off: the rope key's frequencies picked by energy and
                     the per-head query norm kept (a student DeepSeek-V3 cannot express; MLA configs only)
+    no_fold         as "both", MLA's rope key without FreqFold (each kept frequency's channel from that frequency
+                    alone; MLA configs only)
     feature_match   as "both", plus weak feature matching (cosine, weight 0.1, every 4th layer) in stage 2
 
-Prints a table and writes docs/ablation.json (merged with earlier rows, keyed by config and variant).
+Prints a table and writes docs/ablation.json (merged with earlier rows, keyed
+<config name>@<tokens>/<variant>); each variant runs into runs/ablation/<config name>@<tokens>-<variant>/.
 """
 import argparse
 import json
@@ -38,15 +41,16 @@ def variants(raw: dict, tokens: int, layers: int) -> dict:
     if raw["target"]["kind"] == "mla":
         out["random_init"] = dict(out["both"], target={"init": "random"})
         out["free_rope"] = dict(out["both"], target={"export_compatible": False})
+        out["no_fold"] = dict(out["both"], target={"freq_fold": False})
     out["feature_match"] = {"stage1": {"tokens": half},
                             "stage2": {"tokens": tokens - half, "feature_weight": 0.1,
                                        "feature_layers": list(range(3, layers, 4))}}
     return out
 
 
-def variant_config(raw: dict, name: str, change: dict, eval_windows: int) -> dict:
+def variant_config(raw: dict, name: str, change: dict, tokens: int, eval_windows: int) -> dict:
     cfg = json.loads(json.dumps(raw))
-    cfg["name"] = f"{raw['name']}-{name}"
+    cfg["name"] = f"{raw['name']}@{tokens}-{name}"
     cfg["eval"] = dict(cfg.get("eval") or {}, max_windows=eval_windows, decode_tokens=0)
     cfg.setdefault("train", {})
     for stage in ("stage1", "stage2"):
@@ -74,7 +78,7 @@ def main(argv=None):
     for name, change in variants(raw, args.tokens, layers).items():
         if args.only and name not in args.only:
             continue
-        cfg = variant_config(raw, name, change, args.eval_windows)
+        cfg = variant_config(raw, name, change, args.tokens, args.eval_windows)
         run_dir = REPO / "runs/ablation" / cfg["name"]
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=config.parent, delete=False) as f:
             yaml.safe_dump(cfg, f)  # beside the original: relative data paths keep their meaning
@@ -85,7 +89,7 @@ def main(argv=None):
         finally:
             Path(f.name).unlink()
         r = json.loads((run_dir / "report.json").read_text())
-        table[f"{raw['name']}/{name}"] = {k: r[k] for k in (
+        table[f"{raw['name']}@{args.tokens}/{name}"] = {k: r[k] for k in (
             "teacher_ppl", "student_ppl_init", "student_ppl", "ppl_ratio", "kl", "top1_agreement", "tokens_stage1",
             "tokens_stage2", "kv_reduction", "eval_context", "minutes")}
         Path(args.out).write_text(json.dumps(table, indent=1) + "\n")

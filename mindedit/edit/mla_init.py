@@ -19,8 +19,11 @@ Frobenius norm first. Sources with per-head q/k RMSNorm (Qwen3): targets are the
 squares; the query norm is kept over the extended head, its weight rescaled by the measured RMS ratio, or, for an
 ``export_compatible`` student (DeepSeek-V3 has no per-head query norm), the normed queries are fitted by least
 squares like the keys. Such a student's rope key keeps every k-th source frequency, the standard spectrum of its
-own dimension (mindedit.edit.config.MLAConfig).
+own dimension (mindedit.edit.config.MLAConfig); with ``freq_fold`` each kept frequency's channel is chosen over
+it and the left-out neighbours above it (TransMLA's FreqFold).
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from mindedit.attention.mla import has_query_bias
@@ -47,10 +50,21 @@ def fixed_signs(vectors):
     return vectors * np.where(vectors[top, np.arange(vectors.shape[1])] < 0, -1.0, 1.0)
 
 
+def right_singular_vectors(a):
+    """V^T of a's SVD. LAPACK's divide and conquer (gesdd, numpy's) now and then fails to converge (seen once in
+    bench/init_quality.py on SmolLM2, not reproduced in a process of its own); the slower QR iteration (gesvd)
+    is the fallback."""
+    try:
+        return np.linalg.svd(a, full_matrices=False)[2]
+    except np.linalg.LinAlgError:
+        import scipy.linalg
+        return scipy.linalg.svd(a, full_matrices=False, lapack_driver="gesvd")[2]
+
+
 def reduced_rank(xa, w, rank):
     """Factor the linear map xa -> xa w through ``rank`` dims, optimal on the calibration set:
     returns down [in+1, rank] and up [rank, out] with xa w ~ (xa down) up."""
-    _, _, vt = np.linalg.svd(xa @ w, full_matrices=False)
+    vt = right_singular_vectors(xa @ w)
     v = fixed_signs(vt[:rank].T)
     if v.shape[1] < rank:  # fewer outputs than rank: pad with zero directions
         v = np.pad(v, ((0, 0), (0, rank - v.shape[1])))
@@ -77,35 +91,109 @@ def source_projections(src, x, cfg):
     return q, k, v
 
 
-def select_channels(q, k, group: int, n_channels: int, strategy: str, step: int = 0):
-    """Returns a list of (frequency index f, u [Hk]) ranked by expected |q.k| contribution, best first. With
-    ``step`` (export_compatible): the best channel at each of the frequencies 0, step, 2 step, ... instead, the
-    standard spectrum of a rope key of 2 x n_channels dims."""
+def select_channels(q, k, group: int, n_channels: int, strategy: str, step: int = 0, fold: bool = False):
+    """Returns a list of (frequency index f, U [span, Hk]) ranked by expected |q.k| contribution, best first: the
+    channel's shared key is sum_{s, j} U[s, j] k_{j, f+s}, rotated at frequency f. Without ``step`` span is 1 and
+    the best channels over all frequencies are taken. With ``step`` (export_compatible): the best channel at each
+    of the frequencies 0, step, 2 step, ..., the standard spectrum of a rope key of 2 x n_channels dims; with
+    ``fold`` (TransMLA's FreqFold) its candidates span the ``step`` neighbouring frequencies f .. f + step - 1
+    (the key covariance over those frequencies and all KV heads for ``rorope_svd``), so frequencies the
+    spectrum leaves out are rotated at their kept neighbour's instead of not at all."""
     n, h, d = q.shape
     hk, half = k.shape[1], d // 2
-    pair = lambda a, f: a[..., [f, f + half]]  # noqa: E731  [..., heads, 2]
-    qn = np.stack([np.linalg.norm(pair(q, f), axis=-1).mean(0) for f in range(half)])  # [half, H]
+    qn = np.stack([np.linalg.norm(q[..., [f, f + half]], axis=-1).mean(0) for f in range(half)])  # [half, H]
+    span = step if fold else 1
+    starts = range(0, step * n_channels, step) if step else range(half)
     candidates = []
-    for f in range(half):
-        kf = pair(k, f)                                             # [N, Hk, 2]
+    for f in starts:
+        freqs = list(range(f, f + span))
+        kf = np.concatenate([k[..., [g, g + half]] for g in freqs], axis=1)  # [N, span * Hk, 2]
         if strategy == "partial_rope_svd":
-            basis = [(np.eye(hk)[j], np.linalg.norm(kf[:, j], axis=-1).mean()) for j in range(hk)]
+            basis = [(np.eye(span * hk)[m], np.linalg.norm(kf[:, m], axis=-1).mean()) for m in range(span * hk)]
         else:
             cov = np.einsum("tjc,tic->ji", kf, kf) / n
             lam, vec = np.linalg.eigh(cov)
             vec = fixed_signs(vec)
-            basis = [(vec[:, m], np.sqrt(max(lam[m], 0.0))) for m in range(hk)]
+            basis = [(vec[:, m], np.sqrt(max(lam[m], 0.0))) for m in range(span * hk)]
         for u, k_size in basis:
-            q_size = sum(abs(u[hh // group]) * qn[f, hh] for hh in range(h))
+            u = u.reshape(span, hk)
+            q_size = sum(abs(u[s, hh // group]) * qn[g, hh] for s, g in enumerate(freqs) for hh in range(h))
             candidates.append((q_size * k_size, f, u))
     candidates.sort(key=lambda c: -c[0])
     if step:
         best = {}
         for _, f, u in candidates:
-            if f % step == 0 and f // step < n_channels:
-                best.setdefault(f, u)
-        return sorted(best.items())
+            best.setdefault(f, u)
+        return sorted(best.items(), key=lambda c: c[0])
     return [(f, u) for _, f, u in candidates[:n_channels]]
+
+
+def rope_basis(channels, hk: int, d: int) -> np.ndarray:
+    """B [dr, Hk, D]: rope key dim c reads the source keys through B[c] (channel c's U in the first half-dims of its
+    frequencies, the same U in the second half at dim c + dr / 2). The rows are orthonormal."""
+    n_ch, half = len(channels), d // 2
+    basis = np.zeros((2 * n_ch, hk, d))
+    for c, (f, u) in enumerate(channels):
+        for s in range(u.shape[0]):
+            basis[c, :, f + s] = u[s]
+            basis[c + n_ch, :, f + s + half] = u[s]
+    return basis
+
+
+def latent_balance(y, q, o_proj, hk: int, how: str) -> np.ndarray:
+    """Weights [2 Hk D] of the latent's fitted outputs (non-rotary keys, then values) in the rank-r factorisation:
+    the bottleneck keeps what is large after weighting. ``none``: as they are; ``norm`` (TransMLA's BKV): keys and
+    values scaled to equal Frobenius norm; ``sensitivity``: each key dim weighted by the RMS of the query dims that
+    read it (a key error moves the scores by q . dk) and each value dim by the norm of the o_proj columns that read
+    it (the output moves by o_proj dv), then keys and values to equal norm as in ``norm``."""
+    n, h, d = q.shape
+    group, kd = h // hk, hk * d
+    if how == "none":
+        return np.ones(2 * kd)
+    weight_k, weight_v = np.ones(kd), np.ones(kd)
+    if how == "sensitivity":
+        weight_k = np.sqrt((q * q).mean(0).reshape(hk, group, d).sum(1)).reshape(kd)
+        weight_v = np.sqrt((o_proj * o_proj).sum(0).reshape(hk, group, d).sum(1)).reshape(kd)
+    scale_k = 1.0 / max(np.linalg.norm(y[:, :kd] * weight_k), 1e-12)
+    scale_v = 1.0 / max(np.linalg.norm(y[:, kd:] * weight_v), 1e-12)
+    return np.concatenate([weight_k * scale_k, weight_v * scale_v])
+
+
+class LayerSplit(NamedTuple):
+    """The first half of a layer's init: the source queries [N, H, D], the rope channels and their basis, the rope
+    key [N, dr], and the latent's problem: w [hidden+1, 2 Hk D], the least-squares map from x to the non-rotary
+    keys and values, and the balance their factorisation weighs them by."""
+    q: np.ndarray
+    channels: list
+    basis: np.ndarray
+    k_pe: np.ndarray
+    w: np.ndarray
+    balance: np.ndarray
+
+
+def split_layer(src: dict, x: np.ndarray, cfg, target) -> LayerSplit:
+    hk, d, dr = cfg.num_key_value_heads, cfg.head_dim, target.qk_rope_head_dim
+    q, k, v = source_projections(src, x, cfg)
+    step = d // dr if target.export_compatible else 0
+    channels = select_channels(q, k, cfg.num_attention_heads // hk, dr // 2, target.init, step, target.freq_fold)
+    channels.sort(key=lambda c: c[0])
+    # rotary key: channel c holds sum_{s,j} U_{s,j} k_{j,f+s} in dims c and c + dr/2; what the channels leave
+    # of each key becomes the non-rotary key
+    basis = rope_basis(channels, hk, d)
+    k_pe = np.einsum("tjd,cjd->tc", k, basis)
+    k_rest = k - np.einsum("tc,cjd->tjd", k_pe, basis)
+    # latent: non-rotary keys and values of every KV head, to go through a rank-r bottleneck
+    y = np.concatenate([k_rest.reshape(len(x), hk * d), v.reshape(len(x), hk * d)], axis=1)
+    return LayerSplit(q, channels, basis, k_pe, lstsq(_aug(x), y),
+                      latent_balance(y, q, src["o_proj.weight"], hk, target.latent_balance))
+
+
+def latent_spectrum(src: dict, x: np.ndarray, cfg, target) -> np.ndarray:
+    """Singular values of the balanced latent map on the calibration set: what a rank-r latent keeps of them is
+    what the init keeps (bench/init_quality.py --rank-allocation weighs uniform against per-layer ranks)."""
+    x = x.astype(np.float64)
+    split = split_layer(src, x, cfg, target)
+    return np.linalg.svd(_aug(x) @ (split.w * split.balance), compute_uv=False)
 
 
 def init_mla_layer(src: dict, x: np.ndarray, cfg, target, rope_theta: float, rng=None) -> dict:
@@ -117,30 +205,10 @@ def init_mla_layer(src: dict, x: np.ndarray, cfg, target, rope_theta: float, rng
         return {}
     h, hk, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     group, half, dr = h // hk, d // 2, target.qk_rope_head_dim
-    n_ch = dr // 2
     x = x.astype(np.float64)
     xa = _aug(x)
-    q, k, v = source_projections(src, x, cfg)
-    step = d // dr if target.export_compatible else 0
-    channels = select_channels(q, k, group, n_ch, target.init, step)
-    channels.sort(key=lambda c: c[0])
+    q, channels, basis, k_pe, w, balance = split_layer(src, x, cfg, target)
     inv_freq = 1.0 / (rope_theta ** (np.arange(0, d, 2) / d))
-
-    # rotary key: channel c holds sum_j u_j k_{j,f} in dims c and c + dr/2
-    k_pe = np.zeros((x.shape[0], dr))
-    k_rest = k.copy()                       # what the rotary channels leave: becomes the non-rotary key
-    for c, (f, u) in enumerate(channels):
-        for comp, dim in ((0, f), (1, f + half)):
-            shared = k[:, :, dim] @ u
-            k_pe[:, c + comp * n_ch] = shared
-            k_rest[:, :, dim] -= np.outer(shared, u)
-
-    # latent: non-rotary keys and values of every KV head through a rank-r bottleneck
-    y = np.concatenate([k_rest.reshape(len(x), hk * d), v.reshape(len(x), hk * d)], axis=1)
-    w = lstsq(xa, y)
-    scale_k = 1.0 / max(np.linalg.norm(y[:, :hk * d]), 1e-12)
-    scale_v = 1.0 / max(np.linalg.norm(y[:, hk * d:]), 1e-12)
-    balance = np.concatenate([np.full(hk * d, scale_k), np.full(hk * d, scale_v)])
     down, up = reduced_rank(xa, w * balance, target.kv_lora_rank)
     up = up / balance                        # [r, 2 Hk D]
     c = xa @ down
@@ -173,12 +241,9 @@ def init_mla_layer(src: dict, x: np.ndarray, cfg, target, rope_theta: float, rng
         wq = fit[:x.shape[1]].T.reshape(h, d, -1)
         bq = (fit[-1] if q_bias else np.zeros(h * d)).reshape(h, d)
     rows, bias = [], []
-    for hh in range(h):
-        u_h = np.array([u[hh // group] for _, u in channels])
-        pe_idx = [f for f, _ in channels] + [f + half for f, _ in channels]
-        pe_scale = np.concatenate([u_h, u_h])
-        rows.append(np.concatenate([wq[hh], wq[hh][pe_idx] * pe_scale[:, None]], axis=0))
-        bias.append(np.concatenate([bq[hh], bq[hh][pe_idx] * pe_scale]))
+    for hh in range(h):  # the rope part: this head's queries through its KV head's slice of the basis
+        rows.append(np.concatenate([wq[hh], basis[:, hh // group] @ wq[hh]], axis=0))
+        bias.append(np.concatenate([bq[hh], basis[:, hh // group] @ bq[hh]]))
     wq_s, bq_s = np.stack(rows), np.stack(bias)           # [H, D + dr, hidden], [H, D + dr]
     # the student's softmax scale is (D + dr)^-1/2, the source's D^-1/2: fold the ratio into the queries
     fix = np.sqrt((d + dr) / d)
