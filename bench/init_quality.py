@@ -7,12 +7,12 @@ calibration = sotu 2012-2015 addresses, evaluation = sotu 2016 (the file the tea
 uses). Columns: per-layer relative error of the student attention output vs the teacher's on the teacher's own
 layer inputs (teacher-forced, mean and worst layer), then whole-model KL(teacher || student), top-1 agreement
 and perplexity ratio at a context of --context tokens (>= 4x the GateSWA window of 256). MLA rows are
-export_compatible (DeepSeek-V3's standard rope frequencies: every 2nd source frequency here) unless marked "free"
-(the rope channels picked by energy among all frequencies). Compatible rows fold each left-out frequency onto
-its kept neighbour (TransMLA's FreqFold, the default) unless marked "nofold"; "rope64" rows split the same cache
-bytes as 64 rope dims + a smaller latent; "none" / "norm" rows weigh the latent's keys and values otherwise than
-the default "sensitivity" (MLAConfig.latent_balance). --rank-allocation: the latent energy a uniform rank loses
-against ranks water-filled across layers (what per-layer ranks could buy).
+export_compatible (DeepSeek-V3's standard rope frequencies: every 2nd source frequency here) with FreqFold (each kept
+frequency's rope channel chosen over it and the left-out neighbour above it) and the "sensitivity" latent balance,
+unless the name says otherwise: "free" (rope channels picked by energy among all frequencies, not exportable as
+DeepSeek-V3), "nofold", "norm" / "none" (MLAConfig.latent_balance), "rope64" (the same cache bytes as a 64-dim rope
+key holding every frequency + a smaller latent). --rank-allocation: the latent energy a uniform rank loses against
+ranks water-filled across layers (what per-layer ranks could buy).
 """
 import argparse
 import gc
@@ -38,23 +38,30 @@ CALIBRATION_FILES = ["2012_barack_obama_d.txt", "2013_barack_obama_d.txt", "2014
 EVAL_FILE = "2016_barack_obama_d.txt"
 
 
+# MLA rows besides each init's defaults (FreqFold on, latent balance "sensitivity"): name suffix -> settings
+MLA_ROWS = {
+    "rorope_svd {cut} nofold norm": dict(freq_fold=False, latent_balance="norm"),
+    "rorope_svd {cut} nofold none": dict(freq_fold=False, latent_balance="none"),
+    "rorope_svd {cut} nofold sensitivity": dict(freq_fold=False),
+    "rorope_svd {cut} fold norm": dict(latent_balance="norm"),
+    "rorope_svd {cut} free norm": dict(export_compatible=False, latent_balance="norm"),
+    "rorope_svd {cut} free": dict(export_compatible=False),
+    "partial_rope_svd {cut} fold norm": dict(latent_balance="norm"),
+    "partial_rope_svd {cut} free norm": dict(export_compatible=False, latent_balance="norm"),
+    "rorope_svd {cut} rope64 norm": dict(rope=64, latent_balance="norm"),
+    "rorope_svd {cut} rope64": dict(rope=64),
+}
+
+
 def variants():
     for cut, rank in (("50%", 160), ("67%", 96)):
         for init in ("partial_rope_svd", "rorope_svd", "random"):
             yield f"MLA {init} {cut}", MLAConfig(kv_lora_rank=rank, qk_rope_head_dim=32, init=init)
-            if init != "random":
-                yield f"MLA {init} {cut} nofold", MLAConfig(kv_lora_rank=rank, qk_rope_head_dim=32, init=init,
-                                                            freq_fold=False)
-                # the rope key's frequencies chosen freely (not exportable as DeepSeek-V3)
-                yield f"MLA {init} {cut} free", MLAConfig(kv_lora_rank=rank, qk_rope_head_dim=32, init=init,
-                                                          export_compatible=False)
-        for balance in ("none", "norm"):  # how the latent weighs keys against values (default: sensitivity)
-            yield f"MLA rorope_svd {cut} {balance}", MLAConfig(kv_lora_rank=rank, qk_rope_head_dim=32,
-                                                              latent_balance=balance)
-        # the same cache bytes split the other way: a 64-dim rope key (every source frequency, nothing to fold)
-        for balance in ("sensitivity", "norm"):
-            yield f"MLA rorope_svd {cut} rope64" + (f" {balance}" if balance != "sensitivity" else ""), MLAConfig(
-                kv_lora_rank=rank - 32, qk_rope_head_dim=64, latent_balance=balance)
+        for suffix, settings in MLA_ROWS.items():
+            settings = dict(settings)
+            rope = settings.pop("rope", 32)  # the same cache bytes: rope + latent = 192 (50%) or 128 (67%)
+            yield f"MLA {suffix.format(cut=cut)}", MLAConfig(kv_lora_rank=rank + 32 - rope, qk_rope_head_dim=rope,
+                                                             init=suffix.split()[0], **settings)
     for name, sinks, logit in (("GateSWA plain window", 0, False), ("GateSWA + 4 sink tokens", 4, False),
                                ("GateSWA + sink logit", 0, True)):
         yield name, GateSWAConfig(window=256, pattern="SSSF", sink_tokens=sinks, sink_logit=logit)
@@ -111,7 +118,7 @@ def main():
     eval_ids = tok.encode((sotu_dir() / EVAL_FILE).read_text()).ids
     if args.rank_allocation:
         for name, target in variants():
-            if name.endswith("rorope_svd 50%") or name.endswith("rorope_svd 67%"):
+            if name.endswith("rope64"):
                 out = rank_allocation(teacher, calib, target)
                 print(f"{name}: energy lost at uniform rank {out['rank']}: {100 * out['uniform_lost']:.2f}%, "
                       f"water-filled: {100 * out['allocated_lost']:.2f}% with ranks {out['ranks']}")
