@@ -26,7 +26,8 @@ from mindedit.edit.config import target_from_dict
 from mindedit.errors import MindeditError
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-ASSETS = {"smollm2-135m": "smollm2_gguf", "tiny-qwen3": "tiny_qwen3", "tiny-qwen3-moe": "tiny_qwen3_moe"}
+ASSETS = {"smollm2-135m": "smollm2_gguf", "qwen2.5-coder-0.5b": "qwen25_coder_gguf", "tiny-qwen3": "tiny_qwen3",
+          "tiny-qwen3-moe": "tiny_qwen3_moe"}
 SECTIONS = {"name", "model", "target", "kv_dtype", "data", "train", "eval", "parallel", "cluster"}
 
 # key: (type, default); a default of REQUIRED must be given. Numbers must be >= 0 unless noted in _check.

