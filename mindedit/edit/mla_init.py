@@ -15,7 +15,8 @@ Whatever the kept channels do not capture of a key loses its rotation and joins 
 Latent part. Non-rotary keys and values of all KV heads are fitted jointly from the layer input x through a
 rank-r bottleneck: reduced-rank regression, i.e. the SVD of the fitted outputs W X^T on calibration
 activations (for a source without key norms, exactly the SVD of W X^T), with keys and values weighted first
-(``latent_balance``: by the queries and o_proj columns that read them, then to equal Frobenius norm). Sources with per-head q/k RMSNorm (Qwen3): targets are the normed keys, fitted by least
+(``latent_balance``: by the queries and o_proj columns that read them, then to equal Frobenius norm). Sources
+with per-head q/k RMSNorm (Qwen3): targets are the normed keys, fitted by least
 squares; the query norm is kept over the extended head, its weight rescaled by the measured RMS ratio, or, for an
 ``export_compatible`` student (DeepSeek-V3 has no per-head query norm), the normed queries are fitted by least
 squares like the keys. Such a student's rope key keeps every k-th source frequency, the standard spectrum of its
@@ -146,7 +147,7 @@ def latent_balance(y, q, o_proj, hk: int, how: str) -> np.ndarray:
     values scaled to equal Frobenius norm; ``sensitivity``: each key dim weighted by the RMS of the query dims that
     read it (a key error moves the scores by q . dk) and each value dim by the norm of the o_proj columns that read
     it (the output moves by o_proj dv), then keys and values to equal norm as in ``norm``."""
-    n, h, d = q.shape
+    _, h, d = q.shape
     group, kd = h // hk, hk * d
     if how == "none":
         return np.ones(2 * kd)
