@@ -3,14 +3,16 @@ checkpoint integrity (exports: tests/test_export.py)."""
 import numpy as np
 import pytest
 import mindspore as ms
-from mindspore import Parameter
+from mindspore import Parameter, mint, ops
 
 from mindedit.distill.optim import AdamW, lr_at
-from mindedit.distill.stage2 import Stage2Loss
+from mindedit.distill.stage2 import HeadTerms, Stage2Loss
 from mindedit.edit import GateSWAConfig, MLAConfig, edit_model
 from mindedit.edit.surgery import own_parameters, untie
 from mindedit.io import checkpoint
+from mindedit.losses import token_kl
 from mindedit.models import from_pretrained
+from mindedit.parallel.tensor import Vocab
 
 
 def test_adamw_matches_numpy_reference_with_clipping_and_accumulation(rng):
@@ -78,6 +80,43 @@ def test_stage2_loss_is_zero_for_an_exact_student_and_positive_otherwise(hf_mode
     kl_v, feat, ce = terms.asnumpy()
     assert kl_v > 1e-4 and feat > 1e-4 and ce > 1.0
     assert float(total.asnumpy()) == pytest.approx(kl_v + 0.5 * feat + 0.25 * ce, rel=1e-5)
+
+
+def plain_head_terms(h_t, h_s, w_t, w_s, ids, kind, tau):
+    """The terms HeadTerms computes, from whole [B, T, V] logits and autodiff (the reference)."""
+    lt = ops.log_softmax(mint.matmul(h_t, w_t.T) / tau, -1)
+    ls = ops.log_softmax(mint.matmul(h_s, w_s.T) / tau, -1)
+    l1 = ops.log_softmax(mint.matmul(h_s, w_s.T), -1)[:, :-1]
+    ce = -mint.gather(l1, -1, ids[:, 1:].unsqueeze(-1)).mean()
+    return ops.stack((token_kl(lt, ls, kind).mean() * tau * tau, ce))
+
+
+@pytest.mark.parametrize("kind", ["forward", "reverse", "both"])
+def test_head_terms_in_chunks_equal_whole_logits_value_and_gradients(rng, kind):
+    """Chunks of 5 over 2 x 7 positions (5 + 5 + 4), temperature 2, CE on: the closed-form backward equals
+    autodiff through whole logits, for the student's hidden states and head."""
+    h_t, h_s = (ms.Tensor(rng.normal(size=(2, 7, 6)), ms.float32) for _ in range(2))
+    w_t, w_s = (ms.Tensor(rng.normal(size=(11, 6)), ms.float32) for _ in range(2))
+    ids = ms.Tensor(rng.integers(0, 11, (2, 7)), ms.int32)
+    coef = ms.Tensor([0.7, 0.3], ms.float32)
+    chunked = HeadTerms(Vocab(), kind, 2.0, ce=True, rows=5)
+
+    def ours(h_t, h_s, w_t, w_s, ids):
+        return (chunked(h_t, h_s, w_t, w_s, ids) * coef).sum()
+
+    def reference(h_t, h_s, w_t, w_s, ids):
+        return (plain_head_terms(h_t, h_s, w_t, w_s, ids, kind, 2.0) * coef).sum()
+
+    @ms.jit
+    def both(h_t, h_s, w_t, w_s, ids):
+        return (ms.value_and_grad(ours, (1, 3))(h_t, h_s, w_t, w_s, ids),
+                ms.value_and_grad(reference, (1, 3))(h_t, h_s, w_t, w_s, ids))
+
+    (value, grads), (ref_value, ref_grads) = both(h_t, h_s, w_t, w_s, ids)
+    assert float(value.asnumpy()) == pytest.approx(float(ref_value.asnumpy()), rel=1e-5)
+    for g, r in zip(grads, ref_grads):
+        assert np.abs(r.asnumpy()).max() > 1e-3
+        np.testing.assert_allclose(g.asnumpy(), r.asnumpy(), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("arch", ["qwen3", "qwen3_moe"])  # (a MoE block holds a kernel that cannot be deep-copied)

@@ -5,40 +5,141 @@ frozen backbone, one copy in memory) runs on the same batch and supplies the tar
          + feature_weight * mean cosine distance between student and teacher hidden states at chosen layers
          + ce_weight * next-token cross-entropy of the student on the data
 Terms with zero weight are not built into the graph. The aux output is [kl, feature, ce].
-Every reduction over the vocabulary goes through ``vocab`` (mindedit.parallel.tensor.Vocab), so the same loss runs
-on logits split over tensor-parallel ranks without gathering them.
+The KL and CE come from ``HeadTerms``: the heads, the log-softmaxes and their gradient, a few hundred positions at a
+time, so that no [T, vocab] tensor exists whole (at 1,024 tokens SmolLM2's logits are 200 MB each, and a compiled
+CPU graph kept ~14 of them). Every reduction over the vocabulary goes through ``vocab``
+(mindedit.parallel.tensor.Vocab), so the same loss runs on logits split over tensor-parallel ranks without
+gathering them.
 """
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import mint, nn, ops
 
+from mindedit.layers import expand
 from mindedit.losses import KL_KINDS, token_kl
 from mindedit.parallel.tensor import Vocab
+
+ROWS = 256  # positions per chunk of HeadTerms: [256, vocab] float32 is 50 MB for SmolLM2, 156 MB for Qwen3
+
+
+class HeadTerms(nn.Cell):
+    """(teacher hidden, student hidden [B, T, D] after the final norms, teacher head, student head [V, D] (this
+    rank's vocabulary rows), ids [B, T]) -> [KL at temperature tau (scaled by tau^2, mean over positions),
+    next-token CE of the student (mean over B x (T - 1) positions)].
+
+    Forward and backward run ``rows`` positions at a time; the backward (``bprop``) recomputes each chunk's logits
+    and writes their gradient in closed form, with z = logits / tau, p = softmax(z), l = log p, g the KL per row:
+        forward KL(t||s) = sum p_t (l_t - l_s):   d/dz_s = p_s - p_t
+        reverse KL(s||t) = sum p_s (l_s - l_t):   d/dz_s = p_s * (l_s - l_t - g)
+        both (their mean):                        the mean of the two
+        CE = -l_s(tau=1)[next id]:                d/dlogits_s = p_s(tau=1) - onehot(next id)
+    so autodiff keeps none of them. The teacher side gets no gradient."""
+
+    def __init__(self, vocab: Vocab, kind: str = "forward", temperature: float = 1.0, ce: bool = False,
+                 head_grad: bool = True, rows: int = ROWS):
+        super().__init__()
+        if kind not in KL_KINDS:
+            raise ValueError(f"kl={kind!r}: expected one of {KL_KINDS}")
+        self.vocab, self.kind, self.tau, self.ce, self.rows = vocab, kind, float(temperature), ce, rows
+        self.head_grad = head_grad  # False: the student's head is frozen, its [V, D] gradient is not computed
+        self.logits_of = ops.MatMul(transpose_b=True)   # h [R, D] x w [V, D]^T
+        self.back_to_h = ops.MatMul()                    # dz [R, V] x w [V, D]
+        self.back_to_w = ops.MatMul(transpose_a=True)    # dz [R, V]^T x h [R, D]
+
+    def log_probs(self, h, w, tau: float):
+        return self.vocab.log_softmax(self.logits_of(h, w).astype(ms.float32) * (1.0 / tau))
+
+    def next_ids(self, ids):
+        """(next id of each position [N], 1 where there is one [N]): the CE's targets, flattened like the rows."""
+        b, t = ids.shape
+        nxt = mint.cat((ids[:, 1:], ids[:, :1]), 1).reshape(-1)
+        has = mint.cat((mint.ones((b, t - 1), dtype=ms.float32), mint.zeros((b, 1), dtype=ms.float32)), 1)
+        return nxt, has.reshape(-1)
+
+    def construct(self, h_t, h_s, w_t, w_s, ids):
+        b, t, d = h_s.shape
+        n = b * t
+        h_t, h_s = h_t.reshape(n, d), h_s.reshape(n, d)
+        nxt, has = self.next_ids(ids)
+        kl, ce = mint.zeros((), dtype=ms.float32), mint.zeros((), dtype=ms.float32)
+        for a in range(0, n, self.rows):
+            e = a + self.rows  # (slices stop at n)
+            l_s = self.log_probs(h_s[a:e], w_s, self.tau)
+            kl = kl + token_kl(self.log_probs(h_t[a:e], w_t, self.tau), l_s, self.kind, self.vocab.sum).sum()
+            if self.ce:
+                l_1 = l_s if self.tau == 1.0 else self.log_probs(h_s[a:e], w_s, 1.0)
+                ce = ce - (self.vocab.pick(l_1, nxt[a:e]) * has[a:e]).sum()
+        return ops.stack((kl * (self.tau * self.tau / n), ce / (b * (t - 1) if t > 1 else 1)))
+
+    def bprop(self, h_t, h_s, w_t, w_s, ids, out, dout):
+        b, t, d = h_s.shape
+        nxt, has = self.next_ids(ids)
+        kl_scale = dout[0] * (self.tau / (b * t))  # d(kl * tau^2 / n) / dz_s per logit: tau / n
+        ce_scale = dout[1] / (b * (t - 1) if t > 1 else 1)
+        dh, dw = self.student_grads(h_t.reshape(b * t, d), h_s.reshape(b * t, d), w_t, w_s, nxt, has * ce_scale,
+                                    kl_scale)
+        return mint.zeros_like(h_t), dh.reshape(b, t, d), mint.zeros_like(w_t), dw, mint.zeros_like(ids)
+
+    def student_grads(self, ht, hs, w_t, w_s, nxt, ce_scale, kl_scale):
+        """(gradient of the student's hidden rows [N, D], of its head [V, D]), chunk by chunk. (The loop lives
+        here, not in bprop: graph mode mis-counted the loop's carried values there.)"""
+        dh, dw = (), mint.zeros(w_s.shape, dtype=ms.float32)
+        for a in range(0, hs.shape[0], self.rows):
+            e = a + self.rows  # (slices stop at N)
+            dz = self.logit_grad(ht[a:e], hs[a:e], w_t, w_s, nxt[a:e], ce_scale[a:e], kl_scale).astype(w_s.dtype)
+            dh = dh + (self.back_to_h(dz, w_s),)
+            dw = dw + self.head_grad_of(dz, hs[a:e])
+        return mint.cat(dh, 0), dw.astype(w_s.dtype)
+
+    def head_grad_of(self, dz, h):
+        if self.head_grad:
+            return self.back_to_w(dz, h).astype(ms.float32)
+        return mint.zeros((dz.shape[1], h.shape[1]), dtype=ms.float32)
+
+    def logit_grad(self, ht, hs, w_t, w_s, nxt, ce_scale, kl_scale):
+        """d (kl_scale-weighted KL + CE weighted per row by ce_scale) / d logits_s for one chunk of rows."""
+        l_s = self.log_probs(hs, w_s, self.tau)
+        dz = self.kl_grad(self.log_probs(ht, w_t, self.tau), l_s) * expand(kl_scale, l_s)
+        if not self.ce:
+            return dz
+        l_1 = self.log_probs(hs, w_s, 1.0)
+        v = l_1.shape[-1]
+        local = nxt - self.vocab.start  # the next ids among this rank's vocabulary rows
+        here = mint.logical_and(local >= 0, local < v).astype(ms.float32).reshape(-1, 1)
+        hot = mint.nn.functional.one_hot(mint.clamp(local, 0, v - 1).astype(ms.int64), v).astype(ms.float32)
+        target = hot * expand(here, l_1)
+        return dz + (mint.exp(l_1) - target) * expand(ce_scale.reshape(-1, 1), l_1)
+
+    def kl_grad(self, l_t, l_s):
+        """d KL / d z_s per row (see the class docstring)."""
+        p_s = mint.exp(l_s)
+        if self.kind == "forward":
+            return p_s - mint.exp(l_t)
+        r = l_s - l_t
+        reverse = p_s * (r - expand(self.vocab.sum(p_s * r).reshape(-1, 1), r))
+        if self.kind == "reverse":
+            return reverse
+        return 0.5 * (p_s - mint.exp(l_t) + reverse)
+
+
+def head_trainable(student, teacher) -> bool:
+    """Whether the student's head is its own (trained) rather than the frozen teacher's."""
+    try:
+        return student.head_weight() is not teacher.head_weight()
+    except AttributeError:  # a middle pipeline stage holds no head
+        return False
 
 
 class Stage2Loss(nn.Cell):
     def __init__(self, teacher, student, kl: str = "forward", temperature: float = 1.0, feature_layers=(),
                  feature_weight: float = 0.0, ce_weight: float = 0.0, vocab: Vocab = None):
         super().__init__(auto_prefix=False)
-        self.vocab = vocab if vocab is not None else Vocab()
-        if kl not in KL_KINDS:
-            raise ValueError(f"kl={kl!r}: expected one of {KL_KINDS}")
         self.teacher, self.student = teacher, student
+        self.head = HeadTerms(vocab if vocab is not None else Vocab(), kl, temperature, ce_weight > 0,
+                              head_trainable(student, teacher))
         self.layers = tuple(range(teacher.config.num_hidden_layers))
         self.kl, self.tau = kl, float(temperature)
         self.feature_layers = tuple(int(i) for i in feature_layers) if feature_weight > 0 else ()
         self.feature_weight, self.ce_weight = float(feature_weight), float(ce_weight)
-
-    def output_terms(self, t_logits, s_logits, ids):
-        """(KL at temperature tau, scaled by tau^2; next-token CE of the student) from the logits of one batch."""
-        vocab = self.vocab
-        t_logits = ops.stop_gradient(t_logits)
-        logp_t = vocab.log_softmax(t_logits / self.tau)
-        logp_s = vocab.log_softmax(s_logits / self.tau)
-        kl = token_kl(logp_t, logp_s, self.kl, vocab.sum).mean()
-        ce = ops.zeros((), ms.float32)
-        if self.ce_weight > 0:
-            ce = -vocab.pick(vocab.log_softmax(s_logits[:, :-1]), ids[:, 1:]).mean()
-        return kl * (self.tau * self.tau), ce
 
     def total(self, kl, feature, ce):
         """The weighted objective from its terms (also the pipeline's, whose stages each hold some of the terms)."""
@@ -65,8 +166,9 @@ class Stage2Loss(nn.Cell):
             if i in self.feature_layers:
                 feature = feature + self.feature_term(s_states[k], t_states[k])
         if last:
-            kl, ce = self.output_terms(self.teacher.logits(self.teacher.model.norm(t_x)),
-                                       self.student.logits(self.student.model.norm(s_x)), ids)
+            terms = self.head(self.teacher.model.norm(t_x), self.student.model.norm(s_x), self.teacher.head_weight(),
+                              self.student.head_weight(), ids)
+            kl, ce = terms[0], terms[1]
         return kl, feature, ce, t_x, s_x
 
     def construct(self, ids):

@@ -204,6 +204,10 @@ class CausalLM(nn.Cell):
         prefilled positions: each layer's own (a sliding window's ring holds only what it will still read)."""
         return tuple(layer.self_attn.shrink_cache(c, length) for layer, c in zip(self.model.layers, caches))
 
+    def head_weight(self):
+        """The output head's [vocab, hidden] matrix (the embedding table when tied)."""
+        return self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
+
     def logits(self, hidden):
         if self.config.tie_word_embeddings:
             return mint.matmul(hidden, self.model.embed_tokens.weight.T).astype(ms.float32)

@@ -7,7 +7,7 @@ rank's rows of the full ``q_proj.weight``) and the model code calling it does no
 import mindspore as ms
 from mindspore import mint, nn, ops
 
-from mindedit.layers import Embedding, Linear, RMSNorm
+from mindedit.layers import Embedding, Linear, RMSNorm, expand
 from mindedit.parallel.comm import CopyToGroup, Group, GroupMax, ReduceFromGroup, SINGLE, SumOverGroup
 
 
@@ -104,9 +104,10 @@ class Vocab(nn.Cell):
         return self.reduce(x.sum(-1))
 
     def log_softmax(self, logits):
-        m = self.max(logits.max(axis=-1, keepdims=True))
-        z = logits - m
-        return z - ops.log(self.normaliser(mint.exp(z).sum(-1, keepdim=True)))
+        if self.max.size == 1:
+            return ops.log_softmax(logits, -1)  # one kernel: a CPU graph keeps the buffers of the broadcasts below
+        z = logits - expand(self.max(logits.max(axis=-1, keepdims=True)), logits)
+        return z - expand(ops.log(self.normaliser(mint.exp(z).sum(-1, keepdim=True))), z)
 
     def pick(self, logp, ids):
         """logp [B, T, V_local], ids [B, T] -> logp at each id [B, T] (from the rank that holds it)."""
