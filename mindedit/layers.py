@@ -16,9 +16,9 @@ class RMSNorm(nn.Cell):
         dtype = x.dtype
         x = x.astype(ms.float32)
         x = x * expand(mint.rsqrt((x * x).sum(-1, keepdims=True) / x.shape[-1] + self.eps), x)  # (mint.mean's backward
-        # keeps buffers a CPU graph never reuses; the sum's does not)
-        x = x.astype(dtype)
-        return expand(self.weight, x) * x
+        # keeps buffers a CPU graph never reuses; the sum's does not). The weight stays implicitly broadcast: the
+        # backward of an expanded trainable weight (a reduction to [dim]) was not bit-reproducible across a resume
+        return self.weight * x.astype(dtype)
 
 
 class Embedding(nn.Cell):

@@ -137,7 +137,6 @@ class Stage2Loss(nn.Cell):
         self.head = HeadTerms(vocab if vocab is not None else Vocab(), kl, temperature, ce_weight > 0,
                               head_trainable(student, teacher))
         self.layers = tuple(range(teacher.config.num_hidden_layers))
-        self.kl, self.tau = kl, float(temperature)
         self.feature_layers = tuple(int(i) for i in feature_layers) if feature_weight > 0 else ()
         self.feature_weight, self.ce_weight = float(feature_weight), float(ce_weight)
 

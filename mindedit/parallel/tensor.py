@@ -104,8 +104,8 @@ class Vocab(nn.Cell):
         return self.reduce(x.sum(-1))
 
     def log_softmax(self, logits):
-        if self.max.size == 1:
-            return ops.log_softmax(logits, -1)  # one kernel: a CPU graph keeps the buffers of the broadcasts below
+        """Over the last axis; the per-row max and normaliser are expanded to the logits' shape (a CPU graph keeps
+        the buffers of implicitly broadcasting ops)."""
         z = logits - expand(self.max(logits.max(axis=-1, keepdims=True)), logits)
         return z - expand(ops.log(self.normaliser(mint.exp(z).sum(-1, keepdim=True))), z)
 
