@@ -80,8 +80,9 @@ class HeadTerms(nn.Cell):
         return mint.zeros_like(h_t), dh.reshape(b, t, d), mint.zeros_like(w_t), dw, mint.zeros_like(ids)
 
     def student_grads(self, ht, hs, w_t, w_s, nxt, ce_scale, kl_scale):
-        """(gradient of the student's hidden rows [N, D], of its head [V, D]), chunk by chunk. (The loop lives
-        here, not in bprop: graph mode mis-counted the loop's carried values there.)"""
+        """(gradient of the student's hidden rows [N, D], of its head [V, D]), chunk by chunk. (No value is assigned
+        under an ``if`` inside this loop, hence head_grad_of: graph mode then called the loop's continuation with an
+        argument missing, docs/environment.md.)"""
         dh, dw = (), mint.zeros(w_s.shape, dtype=ms.float32)
         for a in range(0, hs.shape[0], self.rows):
             e = a + self.rows  # (slices stop at N)
@@ -101,12 +102,8 @@ class HeadTerms(nn.Cell):
         dz = self.kl_grad(self.log_probs(ht, w_t, self.tau), l_s) * expand(kl_scale, l_s)
         if not self.ce:
             return dz
-        l_1 = self.log_probs(hs, w_s, 1.0)
-        v = l_1.shape[-1]
-        local = nxt - self.vocab.start  # the next ids among this rank's vocabulary rows
-        here = mint.logical_and(local >= 0, local < v).astype(ms.float32).reshape(-1, 1)
-        hot = mint.nn.functional.one_hot(mint.clamp(local, 0, v - 1).astype(ms.int64), v).astype(ms.float32)
-        target = hot * expand(here, l_1)
+        l_1 = l_s if self.tau == 1.0 else self.log_probs(hs, w_s, 1.0)
+        target = self.vocab.one_hot(nxt, l_1.shape[-1])
         return dz + (mint.exp(l_1) - target) * expand(ce_scale.reshape(-1, 1), l_1)
 
     def kl_grad(self, l_t, l_s):

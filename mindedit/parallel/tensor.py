@@ -109,11 +109,21 @@ class Vocab(nn.Cell):
         z = logits - expand(self.max(logits.max(axis=-1, keepdims=True)), logits)
         return z - expand(ops.log(self.normaliser(mint.exp(z).sum(-1, keepdim=True))), z)
 
+    def local(self, ids, n: int):
+        """(ids as indices into this rank's n vocabulary rows, clamped; 1.0 where the id is one of them, else 0.0)"""
+        local = ids - self.start
+        return mint.clamp(local, 0, n - 1), mint.logical_and(local >= 0, local < n).astype(ms.float32)
+
     def pick(self, logp, ids):
         """logp [B, T, V_local], ids [B, T] -> logp at each id [B, T] (from the rank that holds it)."""
         if self.n == 0:
             return mint.gather(logp, -1, ids.unsqueeze(-1)).squeeze(-1)
-        local = ids - self.start
-        inside = mint.logical_and(local >= 0, local < self.n).astype(logp.dtype)
-        got = mint.gather(logp, -1, mint.clamp(local, 0, self.n - 1).unsqueeze(-1)).squeeze(-1)
-        return self.reduce(got * inside)
+        index, inside = self.local(ids, self.n)
+        got = mint.gather(logp, -1, index.unsqueeze(-1)).squeeze(-1)
+        return self.reduce(got * inside.astype(logp.dtype))
+
+    def one_hot(self, ids, n: int):
+        """ids [R] -> [R, n] float32: 1 at each id among this rank's n vocabulary rows, 0 elsewhere."""
+        index, inside = self.local(ids, n)
+        hot = mint.nn.functional.one_hot(index.astype(ms.int64), n).astype(ms.float32)
+        return hot * expand(inside.reshape(-1, 1), hot)
