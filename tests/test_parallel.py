@@ -147,11 +147,19 @@ def test_a_failing_rank_is_named_and_bad_layouts_never_start(tmp_path):
 
 @pytest.fixture
 def second_node():
-    """A second "machine": a network namespace joined to this one by a veth pair (10.213.0.1 here, 10.213.0.2
-    there). msrun starts its scheduler on whichever node owns the master address, so two launchers sharing one
-    network would both try; in its own namespace node 1 sees the master as remote, as on a real cluster."""
-    ns, here, there = f"mindedit{os.getpid() % 10000}", "10.213.0.1", "10.213.0.2"
-    veth = f"me{os.getpid() % 10000}"
+    """A second "machine": a network namespace joined to this one by a veth pair (10.x.y.1 here, 10.x.y.2 there).
+    msrun starts its scheduler on whichever node owns the master address, so two launchers sharing one network
+    would both try; in its own namespace node 1 sees the master as remote, as on a real cluster. The subnet is drawn
+    at random among those no interface here has: a second interface on the same /24 (left by a killed run, or a job
+    beside this one on a shared network) routes node 1's replies elsewhere and msrun fails "building networking"."""
+    import random
+    taken = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    tag = f"{os.getpid() % 1000}{random.randrange(100)}"
+    while True:
+        subnet = f"10.{random.randrange(128, 255)}.{random.randrange(256)}"
+        if f" {subnet}." not in taken:
+            break
+    ns, here, there, veth = f"mindedit{tag}", f"{subnet}.1", f"{subnet}.2", f"me{tag}"
     steps = [["ip", "netns", "add", ns], ["ip", "link", "add", f"{veth}a", "type", "veth", "peer", "name", f"{veth}b"],
              ["ip", "link", "set", f"{veth}b", "netns", ns], ["ip", "addr", "add", f"{here}/24", "dev", f"{veth}a"],
              ["ip", "link", "set", f"{veth}a", "up"],
@@ -174,9 +182,10 @@ def test_two_node_rehearsal_through_the_ssh_seam(reference, tmp_path, second_nod
     ssh seam (a stand-in that runs the command line in node 1's network namespace); msrun --node_rank 0/1 with
     two workers each; a tp=2 x pp=2 job whose two pipeline stages sit on different nodes."""
     import yaml
+    from cluster.msrun import free_port
     raw = yaml.safe_load((ROOT / DENSE).read_text())
     master, node = second_node["master"], second_node["node"]
-    raw["cluster"] = {"master": {"host": master, "port": 8400 + os.getpid() % 1000}, "cluster_time_out": 120,
+    raw["cluster"] = {"master": {"host": master, "port": free_port(master)}, "cluster_time_out": 120,
                       "nodes": [{"host": master, "devices": [0, 1]}, {"host": node, "devices": [0, 1]}]}
     config = tmp_path / "two_nodes.yaml"
     config.write_text(yaml.safe_dump(raw))
