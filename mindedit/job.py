@@ -90,6 +90,7 @@ def build(cfg: JobConfig, shards: Shards) -> Models:
     calibration = shards.tokens("train")[:seq].astype(np.int32)[None]
     student = edit_model(teacher, cfg.target, calibration, seed=cfg.train["seed"])
     untie(student, teacher, cfg.train["stage2"]["trainable"])
+    teacher.freeze()  # (after untie: the student's own copies stay trainable)
     weights = own_parameters(student, teacher)
     return Models(teacher, student, weights, {n: tuple(p.shape) for n, p in weights.items()},
                   [n for n, p in weights.items() if p.requires_grad])

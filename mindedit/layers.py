@@ -11,14 +11,18 @@ class RMSNorm(nn.Cell):
         super().__init__()
         self.weight = Parameter(ms.Tensor(np.ones(dim), dtype), name="weight")
         self.eps = eps
+        self.frozen = False  # set by CausalLM.freeze (graph mode cannot read weight.requires_grad)
 
     def construct(self, x):
         dtype = x.dtype
         x = x.astype(ms.float32)
         x = x * expand(mint.rsqrt((x * x).sum(-1, keepdims=True) / x.shape[-1] + self.eps), x)  # (mint.mean's backward
-        # keeps buffers a CPU graph never reuses; the sum's does not). The weight stays implicitly broadcast: the
-        # backward of an expanded trainable weight (a reduction to [dim]) was not bit-reproducible across a resume
-        return self.weight * x.astype(dtype)
+        # keeps buffers a CPU graph never reuses; the sum's does not)
+        x = x.astype(dtype)
+        if self.frozen:  # (the teacher's) expanded: the same values, and the graph reuses the product's buffer
+            return expand(self.weight, x) * x
+        return self.weight * x  # a trained weight stays implicitly broadcast: the backward of an expanded one (a
+        # reduction to [dim]) moved near-zero gradients enough to fail the pipeline test (docs/environment.md)
 
 
 class Embedding(nn.Cell):

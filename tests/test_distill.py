@@ -93,8 +93,9 @@ def plain_head_terms(h_t, h_s, w_t, w_s, ids, kind, tau):
 
 @pytest.mark.parametrize("kind", ["forward", "reverse", "both"])
 def test_head_terms_in_chunks_equal_whole_logits_value_and_gradients(rng, kind):
-    """Chunks of 5 over 2 x 7 positions (5 + 5 + 4), temperature 2, CE on: the closed-form backward equals
-    autodiff through whole logits, for the student's hidden states and head."""
+    """Chunks of 5 over 2 x 7 positions (5 + 5 + 4), temperature 2, CE on, the KL and the CE weighted apart: the
+    closed-form gradients (computed in the forward) equal autodiff through whole logits, for the student's hidden
+    states and head."""
     h_t, h_s = (ms.Tensor(rng.normal(size=(2, 7, 6)), ms.float32) for _ in range(2))
     w_t, w_s = (ms.Tensor(rng.normal(size=(11, 6)), ms.float32) for _ in range(2))
     ids = ms.Tensor(rng.integers(0, 11, (2, 7)), ms.int32)
@@ -102,7 +103,7 @@ def test_head_terms_in_chunks_equal_whole_logits_value_and_gradients(rng, kind):
     chunked = HeadTerms(Vocab(), kind, 2.0, ce=True, rows=5)
 
     def ours(h_t, h_s, w_t, w_s, ids):
-        return (chunked(h_t, h_s, w_t, w_s, ids) * coef).sum()
+        return (chunked(h_t, h_s, w_t, w_s, ids)[0] * coef).sum()
 
     def reference(h_t, h_s, w_t, w_s, ids):
         return (plain_head_terms(h_t, h_s, w_t, w_s, ids, kind, 2.0) * coef).sum()

@@ -23,16 +23,19 @@ ROWS = 256  # positions per chunk of HeadTerms: [256, vocab] float32 is 50 MB fo
 
 class HeadTerms(nn.Cell):
     """(teacher hidden, student hidden [B, T, D] after the final norms, teacher head, student head [V, D] (this
-    rank's vocabulary rows), ids [B, T]) -> [KL at temperature tau (scaled by tau^2, mean over positions),
-    next-token CE of the student (mean over B x (T - 1) positions)].
+    rank's vocabulary rows), ids [B, T]) -> (terms, grads): ``terms`` = [KL at temperature tau (scaled by tau^2, mean
+    over positions), next-token CE of the student (mean over B x (T - 1) positions)]; ``grads`` are the backward's
+    values, for ``bprop`` only (callers use ``terms``).
 
-    Forward and backward run ``rows`` positions at a time; the backward (``bprop``) recomputes each chunk's logits
-    and writes their gradient in closed form, with z = logits / tau, p = softmax(z), l = log p, g the KL per row:
+    It runs ``rows`` positions at a time and computes each chunk's gradient while its logits exist (as fused linear
+    cross-entropy kernels do): the backward only scales what the forward left, so no [T, vocab] tensor exists whole
+    and none is recomputed. In closed form, with z = logits / tau, p = softmax(z), l = log p, g the KL per row:
         forward KL(t||s) = sum p_t (l_t - l_s):   d/dz_s = p_s - p_t
         reverse KL(s||t) = sum p_s (l_s - l_t):   d/dz_s = p_s * (l_s - l_t - g)
         both (their mean):                        the mean of the two
         CE = -l_s(tau=1)[next id]:                d/dlogits_s = p_s(tau=1) - onehot(next id)
-    so autodiff keeps none of them. The teacher side gets no gradient."""
+    The KL's and the CE's gradients are kept apart (each is scaled by its own incoming gradient). The teacher side
+    gets no gradient; the student's head gets one only when it is trained (``head_grad``)."""
 
     def __init__(self, vocab: Vocab, kind: str = "forward", temperature: float = 1.0, ce: bool = False,
                  head_grad: bool = True, rows: int = ROWS):
@@ -61,50 +64,49 @@ class HeadTerms(nn.Cell):
         h_t, h_s = h_t.reshape(n, d), h_s.reshape(n, d)
         nxt, has = self.next_ids(ids)
         kl, ce = mint.zeros((), dtype=ms.float32), mint.zeros((), dtype=ms.float32)
+        kl_grads, ce_grads = (), ()
         for a in range(0, n, self.rows):
             e = a + self.rows  # (slices stop at n)
             l_s = self.log_probs(h_s[a:e], w_s, self.tau)
-            kl = kl + token_kl(self.log_probs(h_t[a:e], w_t, self.tau), l_s, self.kind, self.vocab.sum).sum()
+            l_t = self.log_probs(h_t[a:e], w_t, self.tau)
+            kl = kl + token_kl(l_t, l_s, self.kind, self.vocab.sum).sum()
+            kl_grads = kl_grads + (self.chunk_grads(self.kl_grad(l_t, l_s), h_s[a:e], w_s),)
             if self.ce:
                 l_1 = l_s if self.tau == 1.0 else self.log_probs(h_s[a:e], w_s, 1.0)
                 ce = ce - (self.vocab.pick(l_1, nxt[a:e]) * has[a:e]).sum()
-        return ops.stack((kl * (self.tau * self.tau / n), ce / (b * (t - 1) if t > 1 else 1)))
+                ce_grads = ce_grads + (self.chunk_grads(self.ce_grad(l_1, nxt[a:e], has[a:e]), h_s[a:e], w_s),)
+        ce_rows = b * (t - 1) if t > 1 else 1
+        terms = ops.stack((kl * (self.tau * self.tau / n), ce / ce_rows))
+        # d terms[0] / dz_s per logit is tau / n, d terms[1] / dlogits_s is 1 / ce_rows
+        return terms, (self.gathered(kl_grads, self.tau / n, w_s), self.gathered(ce_grads, 1.0 / ce_rows, w_s))
 
     def bprop(self, h_t, h_s, w_t, w_s, ids, out, dout):
-        b, t, d = h_s.shape
-        nxt, has = self.next_ids(ids)
-        kl_scale = dout[0] * (self.tau / (b * t))  # d(kl * tau^2 / n) / dz_s per logit: tau / n
-        ce_scale = dout[1] / (b * (t - 1) if t > 1 else 1)
-        dh, dw = self.student_grads(h_t.reshape(b * t, d), h_s.reshape(b * t, d), w_t, w_s, nxt, has * ce_scale,
-                                    kl_scale)
-        return mint.zeros_like(h_t), dh.reshape(b, t, d), mint.zeros_like(w_t), dw, mint.zeros_like(ids)
+        (dh_kl, dw_kl), (dh_ce, dw_ce) = out[1]
+        dh, dw = dh_kl * dout[0][0], dw_kl * dout[0][0]
+        if self.ce:
+            dh, dw = dh + dh_ce * dout[0][1], dw + dw_ce * dout[0][1]
+        dw = dw.astype(w_s.dtype) if self.head_grad else mint.zeros_like(w_s)
+        return mint.zeros_like(h_t), dh.reshape(h_s.shape).astype(h_s.dtype), mint.zeros_like(w_t), dw, \
+            mint.zeros_like(ids)
 
-    def student_grads(self, ht, hs, w_t, w_s, nxt, ce_scale, kl_scale):
-        """(gradient of the student's hidden rows [N, D], of its head [V, D]), chunk by chunk. (No value is assigned
-        under an ``if`` inside this loop, hence head_grad_of: graph mode then called the loop's continuation with an
-        argument missing, docs/environment.md.)"""
-        dh, dw = (), mint.zeros(w_s.shape, dtype=ms.float32)
-        for a in range(0, hs.shape[0], self.rows):
-            e = a + self.rows  # (slices stop at N)
-            dz = self.logit_grad(ht[a:e], hs[a:e], w_t, w_s, nxt[a:e], ce_scale[a:e], kl_scale).astype(w_s.dtype)
-            dh = dh + (self.back_to_h(dz, w_s),)
-            dw = dw + self.head_grad_of(dz, hs[a:e])
-        return mint.cat(dh, 0), dw.astype(w_s.dtype)
+    def chunk_grads(self, dz, h, w):
+        """d / d logits [R, V] of one chunk -> (d / d its hidden rows [R, D], d / d the head [V, D] or a 0-d zero)."""
+        dz = dz.astype(w.dtype)
+        return self.back_to_h(dz, w), self.head_grad_of(dz, h)
+
+    def gathered(self, grads, scale: float, w):
+        """Per-chunk (dh, dw) -> (dh of all rows [N, D], dw summed [V, D]), both times scale (0-d zeros if none)."""
+        if not grads:
+            return mint.zeros((), dtype=ms.float32), mint.zeros((), dtype=ms.float32)
+        dw = grads[0][1]
+        for g in grads[1:]:
+            dw = dw + g[1]
+        return mint.cat([g[0] for g in grads], 0).astype(ms.float32) * scale, dw * scale
 
     def head_grad_of(self, dz, h):
         if self.head_grad:
             return self.back_to_w(dz, h).astype(ms.float32)
-        return mint.zeros((dz.shape[1], h.shape[1]), dtype=ms.float32)
-
-    def logit_grad(self, ht, hs, w_t, w_s, nxt, ce_scale, kl_scale):
-        """d (kl_scale-weighted KL + CE weighted per row by ce_scale) / d logits_s for one chunk of rows."""
-        l_s = self.log_probs(hs, w_s, self.tau)
-        dz = self.kl_grad(self.log_probs(ht, w_t, self.tau), l_s) * expand(kl_scale, l_s)
-        if not self.ce:
-            return dz
-        l_1 = l_s if self.tau == 1.0 else self.log_probs(hs, w_s, 1.0)
-        target = self.vocab.one_hot(nxt, l_1.shape[-1])
-        return dz + (mint.exp(l_1) - target) * expand(ce_scale.reshape(-1, 1), l_1)
+        return mint.zeros((), dtype=ms.float32)
 
     def kl_grad(self, l_t, l_s):
         """d KL / d z_s per row (see the class docstring)."""
@@ -116,6 +118,11 @@ class HeadTerms(nn.Cell):
         if self.kind == "reverse":
             return reverse
         return 0.5 * (p_s - mint.exp(l_t) + reverse)
+
+    def ce_grad(self, l_1, nxt, has):
+        """d CE (summed over rows that have a next id) / d logits_s per row."""
+        hot = self.vocab.one_hot(nxt, l_1.shape[-1])
+        return (mint.exp(l_1) - hot) * expand(has.reshape(-1, 1), l_1)
 
 
 def head_trainable(student, teacher) -> bool:
@@ -162,8 +169,8 @@ class Stage2Loss(nn.Cell):
             if i in self.feature_layers:
                 feature = feature + self.feature_term(s_states[k], t_states[k])
         if last:
-            terms = self.head(self.teacher.model.norm(t_x), self.student.model.norm(s_x), self.teacher.head_weight(),
-                              self.student.head_weight(), ids)
+            terms, _ = self.head(self.teacher.model.norm(t_x), self.student.model.norm(s_x),
+                                 self.teacher.head_weight(), self.student.head_weight(), ids)
             kl, ce = terms[0], terms[1]
         return kl, feature, ce, t_x, s_x
 

@@ -204,6 +204,15 @@ class CausalLM(nn.Cell):
         prefilled positions: each layer's own (a sliding window's ring holds only what it will still read)."""
         return tuple(layer.self_attn.shrink_cache(c, length) for layer, c in zip(self.model.layers, caches))
 
+    def freeze(self):
+        """Marks the model as taking no gradient (a teacher, and the cells a student shares with it): every
+        Parameter's requires_grad off, and its norms expand their weights (mindedit.layers.RMSNorm)."""
+        for p in self.get_parameters():
+            p.requires_grad = False
+        for _, cell in self.cells_and_names():
+            if isinstance(cell, RMSNorm):
+                cell.frozen = True
+
     def head_weight(self):
         """The output head's [vocab, hidden] matrix (the embedding table when tied)."""
         return self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight

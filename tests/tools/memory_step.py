@@ -1,19 +1,24 @@
 """One compiled step of a random Qwen3-shaped model (tests/test_memory.py): prints the peak RSS it added, in MiB.
 
-    python tests/tools/memory_step.py LAYERS TOKENS forward|grad
+    python tests/tools/memory_step.py LAYERS TOKENS forward|grad|frozen
+
+frozen: the forward of a frozen model (CausalLM.freeze), as the teacher's.
 """
 import json, resource, sys
 import numpy as np, mindspore as ms
 from mindedit.data.assets import TINY_QWEN3
 from mindedit.models import CausalLM, ModelConfig
 
-layers, t, grad = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "grad"
+layers, t, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+grad = mode == "grad"
 shape = dict(TINY_QWEN3, vocab_size=1024, hidden_size=256, intermediate_size=512, num_attention_heads=4,
              num_key_value_heads=2, head_dim=64, num_hidden_layers=layers)
 model = CausalLM(ModelConfig.from_hf_dict(shape, source="memory test"))
 rng = np.random.default_rng(0)
 for _, p in model.parameters_and_names():
     p.set_data(ms.Tensor(rng.normal(0.0, 0.02, tuple(p.shape)).astype(np.float32)))
+if mode == "frozen":
+    model.freeze()
 ids = ms.Tensor(rng.integers(0, 1024, (1, t)).astype(np.int32))
 params = model.trainable_params()
 
