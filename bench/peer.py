@@ -42,7 +42,7 @@ def timed_steps(step, steps: int) -> dict:
         t = time.perf_counter()
         losses.append(step())
         times.append(time.perf_counter() - t)
-    return {"first_step_s": times[0], "step_s": statistics.median(times[1:]), "losses": losses}
+    return {"first_step_s": times[0], "step_s": statistics.median(times[1:]), "step_times_s": times, "losses": losses}
 
 
 def child_mindspore(stage: int, n: int, steps: int) -> dict:
