@@ -150,15 +150,14 @@ def second_node():
     """A second "machine": a network namespace joined to this one by a veth pair (10.x.y.1 here, 10.x.y.2 there).
     msrun starts its scheduler on whichever node owns the master address, so two launchers sharing one network
     would both try; in its own namespace node 1 sees the master as remote, as on a real cluster. The subnet is drawn
-    at random among those no interface here has: a second interface on the same /24 (left by a killed run, or a job
-    beside this one on a shared network) routes node 1's replies elsewhere and msrun fails "building networking"."""
+    at random in a 10.x/16 no interface here is in: a second interface on the same /24 (left by a killed run, or a
+    job beside this one on a shared network) routes node 1's replies elsewhere and msrun fails "building
+    networking"."""
     import random
-    taken = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    addrs = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    taken = set(re.findall(r"inet 10\.(\d+)\.", addrs))
     tag = f"{os.getpid() % 1000}{random.randrange(100)}"
-    while True:
-        subnet = f"10.{random.randrange(128, 255)}.{random.randrange(256)}"
-        if f" {subnet}." not in taken:
-            break
+    subnet = f"10.{random.choice([b for b in range(128, 255) if str(b) not in taken])}.{random.randrange(256)}"
     ns, here, there, veth = f"mindedit{tag}", f"{subnet}.1", f"{subnet}.2", f"me{tag}"
     steps = [["ip", "netns", "add", ns], ["ip", "link", "add", f"{veth}a", "type", "veth", "peer", "name", f"{veth}b"],
              ["ip", "link", "set", f"{veth}b", "netns", ns], ["ip", "addr", "add", f"{here}/24", "dev", f"{veth}a"],
