@@ -78,7 +78,7 @@ class HeadTerms(nn.Cell):
         ce_rows = b * (t - 1) if t > 1 else 1
         terms = ops.stack((kl * (self.tau * self.tau / n), ce / ce_rows))
         # d terms[0] / dz_s per logit is tau / n, d terms[1] / dlogits_s is 1 / ce_rows
-        return terms, (self.gathered(kl_grads, self.tau / n, w_s), self.gathered(ce_grads, 1.0 / ce_rows, w_s))
+        return terms, (self.gathered(kl_grads, self.tau / n), self.gathered(ce_grads, 1.0 / ce_rows))
 
     def bprop(self, h_t, h_s, w_t, w_s, ids, out, dout):
         (dh_kl, dw_kl), (dh_ce, dw_ce) = out[1]
@@ -94,7 +94,7 @@ class HeadTerms(nn.Cell):
         dz = dz.astype(w.dtype)
         return self.back_to_h(dz, w), self.head_grad_of(dz, h)
 
-    def gathered(self, grads, scale: float, w):
+    def gathered(self, grads, scale: float):
         """Per-chunk (dh, dw) -> (dh of all rows [N, D], dw summed [V, D]), both times scale (0-d zeros if none)."""
         if not grads:
             return mint.zeros((), dtype=ms.float32), mint.zeros((), dtype=ms.float32)
