@@ -64,21 +64,26 @@ class HeadTerms(nn.Cell):
         h_t, h_s = h_t.reshape(n, d), h_s.reshape(n, d)
         nxt, has = self.next_ids(ids)
         kl, ce = mint.zeros((), dtype=ms.float32), mint.zeros((), dtype=ms.float32)
-        kl_grads, ce_grads = (), ()
+        # per chunk: dh rows kept, dw summed as it comes (one [V, D] each, not one per chunk); a 0-d zero without
+        # a head gradient
+        kl_dh, ce_dh = (), ()
+        kl_dw = ce_dw = mint.zeros(w_s.shape if self.head_grad else (), dtype=ms.float32)
         for a in range(0, n, self.rows):
             e = a + self.rows  # (slices stop at n)
             l_s = self.log_probs(h_s[a:e], w_s, self.tau)
             l_t = self.log_probs(h_t[a:e], w_t, self.tau)
             kl = kl + token_kl(l_t, l_s, self.kind, self.vocab.sum).sum()
-            kl_grads = kl_grads + (self.chunk_grads(self.kl_grad(l_t, l_s), h_s[a:e], w_s),)
+            dh, dw = self.chunk_grads(self.kl_grad(l_t, l_s), h_s[a:e], w_s)
+            kl_dh, kl_dw = kl_dh + (dh,), kl_dw + dw
             if self.ce:
                 l_1 = l_s if self.tau == 1.0 else self.log_probs(h_s[a:e], w_s, 1.0)
                 ce = ce - (self.vocab.pick(l_1, nxt[a:e]) * has[a:e]).sum()
-                ce_grads = ce_grads + (self.chunk_grads(self.ce_grad(l_1, nxt[a:e], has[a:e]), h_s[a:e], w_s),)
+                dh, dw = self.chunk_grads(self.ce_grad(l_1, nxt[a:e], has[a:e]), h_s[a:e], w_s)
+                ce_dh, ce_dw = ce_dh + (dh,), ce_dw + dw
         ce_rows = b * (t - 1) if t > 1 else 1
         terms = ops.stack((kl * (self.tau * self.tau / n), ce / ce_rows))
         # d terms[0] / dz_s per logit is tau / n, d terms[1] / dlogits_s is 1 / ce_rows
-        return terms, (self.gathered(kl_grads, self.tau / n), self.gathered(ce_grads, 1.0 / ce_rows))
+        return terms, (self.gathered(kl_dh, kl_dw, self.tau / n), self.gathered(ce_dh, ce_dw, 1.0 / ce_rows))
 
     def bprop(self, h_t, h_s, w_t, w_s, ids, out, dout):
         (dh_kl, dw_kl), (dh_ce, dw_ce) = out[1]
@@ -94,14 +99,11 @@ class HeadTerms(nn.Cell):
         dz = dz.astype(w.dtype)
         return self.back_to_h(dz, w), self.head_grad_of(dz, h)
 
-    def gathered(self, grads, scale: float):
-        """Per-chunk (dh, dw) -> (dh of all rows [N, D], dw summed [V, D]), both times scale (0-d zeros if none)."""
-        if not grads:
-            return mint.zeros((), dtype=ms.float32), mint.zeros((), dtype=ms.float32)
-        dw = grads[0][1]
-        for g in grads[1:]:
-            dw = dw + g[1]
-        return mint.cat([g[0] for g in grads], 0).astype(ms.float32) * scale, dw * scale
+    def gathered(self, dh, dw, scale: float):
+        """(per-chunk dh, summed dw) -> (dh of all rows [N, D], dw), both times scale (a 0-d zero dh if none)."""
+        if not dh:
+            return mint.zeros((), dtype=ms.float32), dw
+        return mint.cat(dh, 0).astype(ms.float32) * scale, dw * scale
 
     def head_grad_of(self, dz, h):
         if self.head_grad:
