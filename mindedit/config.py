@@ -9,7 +9,7 @@ Every error names the file and the key. Sections so far:
     train: {seed, batch_size, grad_accum, checkpoint_every, stage1: {...}, stage2: {...}}   (a stage may set its
            own seq_len: stage 2 of a GateSWA job wants contexts well beyond the window)
     eval: {contexts: [...], seq_len, max_windows, decode_tokens, tasks: [...], task_limit, needle_contexts: [...],
-           needle_depths: [...]}
+           needle_depths: [...], curve_points, curve_windows}
     parallel: {dp, tp, pp, ep, micro_batches, schedule}   (mindedit.parallel; world size = dp * tp * pp)
     cluster: {launcher, master, nodes, ssh, env, cluster_time_out}   (cluster/config.py; default: this machine)
 Any key can be overridden from the command line (``--set parallel.tp=2``, ``--set train.stage1.steps=5``; the
@@ -45,7 +45,7 @@ SCHEMAS = {
     "eval": {"contexts": (list, [4096, 32768]), "seq_len": (int, 1024), "max_windows": (int, 8),
              "decode_tokens": (int, 32), "tasks": (list, ["arc_easy", "arc_challenge", "hellaswag", "mmlu"]),
              "task_limit": (int, 100), "needle_contexts": (list, [2048, 4096, 8192]),
-             "needle_depths": (list, [0.1, 0.5, 0.9])},
+             "needle_depths": (list, [0.1, 0.5, 0.9]), "curve_points": (int, 0), "curve_windows": (int, 1)},
     "parallel": {"dp": (int, 1), "tp": (int, 1), "pp": (int, 1), "ep": (int, 1), "micro_batches": (int, 1),
                  "schedule": (str, "gpipe")},
 }
@@ -213,6 +213,9 @@ def load_job_config(path, overrides=()) -> JobConfig:
     depths = cfg.eval["needle_depths"]
     if not all(isinstance(d, (int, float)) and 0 <= d <= 1 for d in depths):
         raise JobConfigError(f"{path}: eval.needle_depths={depths!r}: expected a list of depths between 0 and 1")
+    for key in ("curve_points", "curve_windows"):
+        if cfg.eval[key] < 0:
+            raise JobConfigError(f"{path}: eval.{key}={cfg.eval[key]}: expected 0 or more")
     from mindedit.eval.tasks import TASKS
     bad = [t for t in cfg.eval["tasks"] if t not in TASKS]
     if bad:

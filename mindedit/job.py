@@ -6,6 +6,7 @@
     init   = evaluate(cfg, models, shards, "init")      teacher vs the untrained student
     tokens = load_trained(models, run_dir)              the student of the final checkpoint
     final  = evaluate(cfg, models, shards, "final")
+    curve  = learning_curve(cfg, models, shards)        teacher vs the student at milestones (eval.curve_points)
     scores = task_scores(cfg, models, shards, "final")  zero-shot tasks (lm-eval prompts), teacher vs student
     needle = needle_scores(cfg, models, shards)         retrieval from far back in the context (RULER's needle)
     report = write_report(run_dir, job_report(...))     report.json, report.md, plots/
@@ -166,6 +167,35 @@ def needle_scores(cfg: JobConfig, models: Models, shards: Shards, run_dir: Path,
     return grid
 
 
+def learning_curve(cfg: JobConfig, models: Models, shards: Shards, run_dir: Path) -> list:
+    """Teacher vs the student at each milestone training kept (before training and at eval.curve_points steps of
+    each stage), on the first eval.curve_windows held-out windows at the eval context: [{stage, step, tokens,
+    ppl_ratio, kl, ...}] in training order, saved as curve.json (points reused on a rerun). The models are left
+    holding the final checkpoint's student."""
+    from mindedit.eval.compare import compare
+    from mindedit.io import checkpoint
+    kept = checkpoint.milestones(run_dir)
+    if not kept or not cfg.eval["curve_windows"]:
+        return []
+    path = Path(run_dir) / "curve.json"
+    done = {p["name"]: p for p in json.loads(path.read_text())} if path.is_file() else {}
+    points = []
+    for file, state in kept:
+        name = file.name[:-len(".safetensors")]
+        if name not in done:
+            checkpoint.set_params(file, models.weights)
+            free_graph_memory()  # a graph that has run sees new Parameter data only after this (environment.md)
+            log(f"curve: {name}")
+            scored = compare(models.teacher, models.student, shards.tokens("eval"), cfg.eval["seq_len"],
+                             cfg.eval["curve_windows"])
+            done[name] = dict(name=name, stage=state["stage"], step=state["step"],
+                              tokens=sum(state["tokens"].values()), predictions=scored.pop("tokens"), **scored)
+            atomic_write_json(path, [done[n] for n in sorted(done, key=lambda n: done[n]["tokens"])])
+        points.append(done[name])
+    load_trained(models, run_dir)
+    return points
+
+
 def decode_speed(cfg: JobConfig, models: Models, shards: Shards) -> dict:
     """Greedy decode of eval.decode_tokens after a prompt that fills the eval context, each model with its own
     caches (steady-state tokens/s: compiles excluded); Nones when eval.decode_tokens is 0."""
@@ -199,7 +229,7 @@ def train(cfg: JobConfig, models: Models, shards: Shards, run_dir: Path, layout=
     resume = checkpoint.latest(Path(run_dir) / "checkpoints", warn=say)
     metrics = Metrics(run_dir, keep_until=resume[1]["global_step"] if resume else 0) if lead else NullMetrics()
     trainer = Trainer(run_dir, models.weights, t["grad_accum"], t["checkpoint_every"], metrics, t["seed"], say,
-                      progress and lead, layout, models.shapes)
+                      progress and lead, layout, models.shapes, cfg.eval["curve_points"])
     if resume:
         checkpoint.load(resume[0], models.weights, {}, layout.take(models.weights))
         trainer.restore(resume[1])
@@ -235,6 +265,7 @@ def load_trained(models: Models, run_dir: Path) -> dict:
     if found is None or found[1]["done"] != ["stage1", "stage2"]:
         raise MindeditError(f"{run_dir}/checkpoints: no checkpoint of a finished stage 2 (training did not finish)")
     checkpoint.load(found[0], models.weights, {})
+    free_graph_memory()  # (graphs that have run rebind the Parameters' new data)
     log(f"trained student from {found[0]}")
     return dict(found[1]["tokens"])
 
@@ -271,11 +302,12 @@ def run(cfg: JobConfig, run_dir: Path, progress: bool = True) -> dict:
     init = evaluate(cfg, models, shards, run_dir, "init", progress=progress)
     tokens = load_trained(models, run_dir)
     final = evaluate(cfg, models, shards, run_dir, "final", progress=progress)
+    curve = learning_curve(cfg, models, shards, run_dir)  # (in the evaluation's graph, before others compile)
     scores = task_scores(cfg, models, shards, run_dir, "final", progress=progress)
     needle = needle_scores(cfg, models, shards, run_dir)
     speed = dict(decode_speed(cfg, models, shards), **peak_rss())
     report = write_report(run_dir, job_report(cfg, models.student, init, final, tokens, speed, started, scores,
-                                              needle))
+                                              needle, curve))
     export(cfg, models, shards, run_dir / "export")
     return report
 

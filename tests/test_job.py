@@ -74,7 +74,18 @@ def test_job_writes_report_plots_summary_and_export(finished_run):
     assert set(report["tasks"]) == {"arc_easy", "mmlu"} and report["tasks"]["mmlu"]["n"] == 6
     assert 0 <= report["tasks"]["arc_easy"]["student"]["acc_norm"] <= 1
     assert "| arc_easy | 6 | acc_norm |" in (run_dir / "report.md").read_text()
-    for png in ("loss.png", "stage1_layers.png", "perplexity.png", "tasks.png"):
+    # the learning curve: the student before training and at 2 milestones per stage, on the eval's own windows
+    curve = report["curve"]
+    assert [p["name"] for p in curve] == ["stage1-000000", "stage1-000004", "stage1-000008", "stage2-000003",
+                                          "stage2-000006"]
+    assert [p["tokens"] for p in curve] == [0, 4 * 256, 8 * 256, 8 * 256 + 3 * 256, 8 * 256 + 6 * 256]
+    for point, tag in ((curve[0], "init"), (curve[-1], "final")):  # the same weights and windows as eval_<tag>
+        ev = json.loads((run_dir / f"eval_{tag}.json").read_text())
+        assert point["ppl_ratio"] == pytest.approx(ev["ppl_ratio"], rel=1e-6) and point["kl"] == pytest.approx(
+            ev["kl"], rel=1e-5), tag
+    assert curve[1]["ppl_ratio"] != curve[0]["ppl_ratio"]
+    assert "| 2,048 | stage1 8 |" in (run_dir / "report.md").read_text()
+    for png in ("loss.png", "stage1_layers.png", "perplexity.png", "tasks.png", "curve.png"):
         assert (run_dir / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| perplexity |" in (run_dir / "report.md").read_text()
     assert list((run_dir / "summary").glob("events.out.events.summary.*"))

@@ -53,14 +53,17 @@ class Trainer:
     (path, state) to ``run`` for each stage: a finished stage is skipped, the interrupted one continues."""
 
     def __init__(self, run_dir, weights: dict, grad_accum: int, checkpoint_every: int, metrics, seed: int,
-                 log=print, show_progress: bool = True, layout: Layout = None, shapes: dict = None):
+                 log=print, show_progress: bool = True, layout: Layout = None, shapes: dict = None,
+                 milestones: int = 0):
         """weights: this rank's student Parameters by path; shapes: {path: full shape} of all of them (a sharded
-        run holds pieces of some); layout: the sharded run's Layout (None: one process)."""
+        run holds pieces of some); layout: the sharded run's Layout (None: one process); milestones: the
+        student's weights are also kept before training and at this many evenly spaced steps of each stage
+        (checkpoint.save_milestone: the learning curve's points)."""
         self.layout = layout or Layout.single()
         self.shapes = shapes or {n: tuple(p.shape) for n, p in weights.items()}
         self.run_dir, self.weights, self.grad_accum = run_dir, weights, grad_accum
         self.every, self.metrics, self.seed, self.log = checkpoint_every, metrics, seed, log
-        self.show_progress = show_progress
+        self.show_progress, self.milestones = show_progress, milestones
         self.position = 0          # global batches consumed (data position)
         self.global_step = 0       # optimizer steps over all stages (the summary's step axis)
         self.tokens = {}           # tokens trained per stage (on this rank)
@@ -94,6 +97,10 @@ class Trainer:
         if stage.steps == 0 or start >= stage.steps:
             self._finish(stage, opt_state, start, opt_io)
             return
+        if self.milestones and self.global_step == 0:
+            self._milestone(stage.name, 0)  # before any training: the curve's first point
+        kept = {round(stage.steps * k / self.milestones) for k in range(1, self.milestones + 1)} \
+            if self.milestones else set()
         micro_step = data_parallel_mean(stage.schedule.bind(opt.params, opt.accumulate), ReduceFromGroup(layout.dp),
                                         float(layout.dp.size))
 
@@ -123,11 +130,18 @@ class Trainer:
             self.metrics.log(row)
             if bar:
                 bar.update(tokens, f"step {step + 1}/{stage.steps} loss {row['loss']:.4g}")
+            if step + 1 in kept:
+                self._milestone(stage.name, step + 1)
             if (step + 1) % self.every == 0 and step + 1 < stage.steps:
                 self._checkpoint(stage.name, step + 1, opt_state, opt_io)
         if bar:
             bar.close()
         self._finish(stage, opt_state, stage.steps, opt_io)
+
+    def _milestone(self, stage: str, step: int):
+        weights = self.layout.gather(self.weights, self.shapes)
+        if self.layout.rank == 0:
+            checkpoint.save_milestone(self.run_dir, f"{stage}-{step:06d}", weights, self._state(stage, step))
 
     def _optimizer_io(self, stage: Stage, opt_state: dict) -> tuple:
         """({optimizer state name: full shape} over the whole model, {name: the Parameter whose Spec it follows})."""

@@ -20,7 +20,9 @@ def compiled_step(model):
     model): its graphs, one per input shape, are reused by every generation instead of compiled again for each."""
     step = model.__dict__.get("_generation_step")
     if step is None:
-        step = ms.jit(model.next_logits)
+        def next_logits(ids, caches, pos, last):  # a plain function: jitting the method itself would leave its
+            return model.next_logits(ids, caches, pos, last)  # graph to later graphs of the model (environment.md)
+        step = ms.jit(next_logits)
         object.__setattr__(model, "_generation_step", step)
     return step
 

@@ -11,11 +11,12 @@ from mindedit.utils.metrics import read
 
 
 def job_report(cfg, student, init: dict, final: dict, tokens: dict, speed: dict, started: float,
-               tasks: dict = None, needle: dict = None) -> dict:
+               tasks: dict = None, needle: dict = None, curve: list = None) -> dict:
     """The numbers of report.json: teacher vs student before and after training (mindedit.eval.compare), the KV
     accounting at the eval context and the config's contexts, the attention the student got, tokens trained per
     stage, decode speed and cache bytes (mindedit.job.decode_speed), task accuracies (mindedit.eval.tasks), the
-    needle grid (mindedit.eval.needle), minutes since ``started``."""
+    needle grid (mindedit.eval.needle), the learning curve (mindedit.job.learning_curve), minutes since
+    ``started``."""
     from dataclasses import asdict
     from mindedit.eval.kv import kv_report
     kv = kv_report(student.config, student.target, sorted({cfg.eval["seq_len"], *cfg.contexts}), cfg.kv_dtype_bytes)
@@ -30,7 +31,8 @@ def job_report(cfg, student, init: dict, final: dict, tokens: dict, speed: dict,
         "kv_reduction": at_eval["reduction"], "kv": kv,
         "attention": asdict(student.target), "window_errors": student.window_errors,
         "tokens_stage1": tokens.get("stage1", 0), "tokens_stage2": tokens.get("stage2", 0),
-        **speed, "tasks": tasks or {}, "needle": needle or {}, "minutes": (time.time() - started) / 60,
+        **speed, "tasks": tasks or {}, "needle": needle or {}, "curve": curve or [],
+        "minutes": (time.time() - started) / 60,
     }
 
 
@@ -99,6 +101,12 @@ def markdown(r: dict) -> str:
                   "|---|" + "---|" * len(n["contexts"])]
         for d, t, s in zip(n["depths"], n["teacher"], n["student"]):
             lines.append(f"| {d:.0%} | " + " | ".join(f"{a} / {b}" for a, b in zip(t, s)) + " |")
+    if r.get("curve"):
+        c = r["curve"]
+        lines += ["", f"Learning curve ({c[0]['predictions']:,} held-out predictions at context {r['eval_context']}; "
+                      "plots/curve.png):", "", "| training tokens | stage, step | student / teacher ppl | KL |",
+                  "|---|---|---|---|"]
+        lines += [f"| {p['tokens']:,} | {p['stage']} {p['step']} | {p['ppl_ratio']:.3f}x | {p['kl']:.4f} |" for p in c]
     lines += ["", "KV cache (bytes at the config's kv_dtype):", "",
               "| context | teacher | student | reduction |", "|---|---|---|---|"]
     for c in r["kv"]["contexts"]:
@@ -182,6 +190,28 @@ def plot(run_dir: Path, rows: list, r: dict) -> list:
                     ax.text(j, i, "found" if v else "missed", ha="center", va="center", fontsize=8)
             ax.set(title=f"needle: {who}", xlabel="context", ylabel="depth" if who == "teacher" else None)
         save(fig, "needle.png")
+    if r.get("curve"):
+        fig, ax = plt.subplots(figsize=(6.0, 3.8))
+        c = r["curve"]
+        x = [p["tokens"] for p in c]
+        ax.plot(x, [p["ppl_ratio"] for p in c], "o-", color="#55a868", label="student / teacher perplexity")
+        ratios = [p["ppl_ratio"] for p in c]
+        ax.set(title=f"learning curve ({c[0]['predictions']:,} held-out predictions at context "
+                     f"{r['eval_context']})", xlabel="training tokens (stage 1 + stage 2)", ylabel="ppl ratio",
+               yscale="log" if max(ratios) > 3 * min(ratios) else "linear")
+        ax.yaxis.set_minor_formatter(plt.NullFormatter())
+        ax.axhline(1.0, color="#4c72b0", linewidth=0.8, linestyle=":")
+        ends = [p["tokens"] for p in c if p["stage"] == "stage1"]
+        if ends and any(p["stage"] == "stage2" for p in c):
+            ax.axvline(max(ends), color="grey", linewidth=0.8, linestyle="--")
+            ax.text(max(ends), ax.get_ylim()[1], " stage 2 ->", va="top", fontsize=8, color="grey")
+        for p in c[-1:]:
+            ax.annotate(f"{p['ppl_ratio']:.3f}x", (p["tokens"], p["ppl_ratio"]), textcoords="offset points",
+                        xytext=(-10, 8), fontsize=8)
+        ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v / 1000:g}k" if v else "0"))
+        ax.legend()
+        save(fig, "curve.png")
     fig, ax = plt.subplots(figsize=(4.8, 3.6))
     names, values = ["teacher", "student\n(init)", "student"], [r["teacher_ppl"], r["student_ppl_init"],
                                                                r["student_ppl"]]

@@ -71,15 +71,42 @@ def load(path, weights: dict, optimizer: dict, take=None):
     """Sets the given Parameters from a verified checkpoint; every name must be present. ``take(name, full)``
     (a sharded run: Layout.take) cuts this rank's piece out of each full tensor; the result must fit the
     Parameter's shape."""
-    import mindspore as ms
     for file, params in ((FILES[0], weights), (FILES[1], optimizer)):
-        values = load_file(str(Path(path) / file))
-        missing = sorted(set(params) - set(values))
-        if missing:
-            raise ValueError(f"{path}/{file}: no tensor {missing[0]!r} ({len(missing)} missing): the checkpoint is "
-                             f"from a different job configuration")
-        for name, p in params.items():
-            v = take(name, values[name]) if take else values[name]
-            if tuple(v.shape) != tuple(p.shape):
-                raise ValueError(f"{path}/{file}: {name} has shape {v.shape}, expected {tuple(p.shape)}")
-            p.set_data(ms.Tensor(v).astype(p.dtype))
+        set_params(Path(path) / file, params, take)
+
+
+def set_params(file, params: dict, take=None):
+    """Sets ``params`` {name: Parameter} from the safetensors ``file``, which must hold every name."""
+    import mindspore as ms
+    values = load_file(str(file))
+    missing = sorted(set(params) - set(values))
+    if missing:
+        raise ValueError(f"{file}: no tensor {missing[0]!r} ({len(missing)} missing): the checkpoint is "
+                         f"from a different job configuration")
+    for name, p in params.items():
+        v = take(name, values[name]) if take else values[name]
+        if tuple(v.shape) != tuple(p.shape):
+            raise ValueError(f"{file}: {name} has shape {v.shape}, expected {tuple(p.shape)}")
+        p.set_data(ms.Tensor(v).astype(p.dtype))
+
+
+# -- milestones: the student's weights at chosen steps, kept for the learning curve (mindedit.job.learning_curve)
+def save_milestone(run_dir, name: str, weights: dict, state: dict) -> Path:
+    """<run_dir>/milestones/<name>.safetensors with the full weights and the training ``state`` (tokens per
+    stage, global step) as its metadata; written atomically."""
+    out = Path(run_dir) / "milestones" / f"{name}.safetensors"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file({k: np.array(v, order="C") for k, v in weights.items()}, str(tmp), metadata={"state": json.dumps(state)})
+    tmp.replace(out)
+    return out
+
+
+def milestones(run_dir) -> list:
+    """[(path, state)] of the kept milestones in training order."""
+    from safetensors import safe_open
+    found = []
+    for path in Path(run_dir, "milestones").glob("*.safetensors"):
+        with safe_open(str(path), "np") as f:
+            found.append((path, json.loads(f.metadata()["state"])))
+    return sorted(found, key=lambda m: m[1]["global_step"])
