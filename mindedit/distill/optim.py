@@ -1,6 +1,7 @@
 """AdamW with global-norm clipping, gradient accumulation and optional fp32 master weights, plus the learning-rate
-schedule. Written out (rather than nn.AdamWeightDecay) so that every piece of optimizer state is a named
-Parameter a checkpoint can save and restore exactly, and the learning rate is a per-step input.
+schedule. Built here (rather than with the nn.AdamWeightDecay optimizer) so that every piece of optimizer state is a
+named Parameter a checkpoint can save and restore exactly, and the learning rate is a per-step input; each
+tensor's update is one ``ops.AdamWeightDecay`` kernel (the bias correction folded into its learning rate).
 
 Step protocol: ``accumulate(grads)``, inside the compiled micro-step, adds one micro-batch's gradients into
 ``acc``; ``apply(lr, micro_batches)`` (compiled) averages them, clips, updates and clears ``acc``; it returns the pre-clip norm.
@@ -38,6 +39,7 @@ class AdamW(nn.Cell):
             self.master = ParameterTuple(Parameter(p.value().astype(ms.float32), name=f"master.{p.name}",
                                                    requires_grad=False) for p in self.params)
         self.t = Parameter(ms.Tensor(0, ms.int32), name="adam_step", requires_grad=False)
+        self.update = ops.AdamWeightDecay()  # one kernel per tensor: m, v and w in place
 
         # compiled through a closure: jitting a cell's method directly confuses later graphs (docs/environment.md)
         def apply(lr, micro_batches):
@@ -67,14 +69,13 @@ class AdamW(nn.Cell):
         step = lr * ops.sqrt(1.0 - ops.pow(self.b2, t)) / (1.0 - ops.pow(self.b1, t))
         weights = self.master if self.master_weights else self.params
         for i in range(len(grads)):
-            g = grads[i] * scale
-            m, v, w = self.m[i], self.v[i], weights[i]
-            ops.assign(m, self.b1 * m + (1.0 - self.b1) * g)
-            ops.assign(v, self.b2 * v + (1.0 - self.b2) * g * g)
-            new = w - step * m / (ops.sqrt(v) + self.eps) - lr * self.decay[i] * w
-            ops.assign(w, new)
-            if self.master_weights:
-                ops.assign(self.params[i], new.astype(self.params[i].dtype))
+            # w -= step * (m / (sqrt(v) + eps) + decay' * w), with decay' = lr * decay / step: the decoupled
+            # decay lr * decay * w, as the bias correction is folded into step
+            decay = lr * self.decay[i] / step if self.decay[i] else ops.zeros((), ms.float32)
+            done = self.update(weights[i], self.m[i], self.v[i], step, self.b1, self.b2, self.eps, decay,
+                               grads[i] * scale)
+            if self.master_weights:  # (the kernel's outputs are not the updated tensors on CPU: read the master)
+                ops.assign(self.params[i], ops.depend(weights[i], done).astype(self.params[i].dtype))
             ops.assign(self.acc[i], ops.zeros_like(self.acc[i]))
         return norm
 
