@@ -193,9 +193,8 @@ def plot(run_dir: Path, rows: list, r: dict) -> list:
     if r.get("curve"):
         fig, ax = plt.subplots(figsize=(6.0, 3.8))
         c = r["curve"]
-        x = [p["tokens"] for p in c]
-        ax.plot(x, [p["ppl_ratio"] for p in c], "o-", color="#55a868", label="student / teacher perplexity")
         ratios = [p["ppl_ratio"] for p in c]
+        ax.plot([p["tokens"] for p in c], ratios, "o-", color="#55a868", label="student / teacher perplexity")
         ax.set(title=f"learning curve ({c[0]['predictions']:,} held-out predictions at context "
                      f"{r['eval_context']})", xlabel="training tokens (stage 1 + stage 2)", ylabel="ppl ratio",
                yscale="log" if max(ratios) > 3 * min(ratios) else "linear")
