@@ -181,7 +181,7 @@ def learning_curve(cfg: JobConfig, models: Models, shards: Shards, run_dir: Path
     done = {p["name"]: p for p in json.loads(path.read_text())} if path.is_file() else {}
     points = []
     for file, state in kept:
-        name = file.name[:-len(".safetensors")]
+        name = file.stem
         if name not in done:
             checkpoint.set_params(file, models.weights)
             free_graph_memory()  # a graph that has run sees new Parameter data only after this (environment.md)

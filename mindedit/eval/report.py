@@ -204,9 +204,8 @@ def plot(run_dir: Path, rows: list, r: dict) -> list:
         if ends and any(p["stage"] == "stage2" for p in c):
             ax.axvline(max(ends), color="grey", linewidth=0.8, linestyle="--")
             ax.text(max(ends), ax.get_ylim()[1], " stage 2 ->", va="top", fontsize=8, color="grey")
-        for p in c[-1:]:
-            ax.annotate(f"{p['ppl_ratio']:.3f}x", (p["tokens"], p["ppl_ratio"]), textcoords="offset points",
-                        xytext=(-10, 8), fontsize=8)
+        ax.annotate(f"{ratios[-1]:.3f}x", (c[-1]["tokens"], ratios[-1]), textcoords="offset points", xytext=(-10, 8),
+                    fontsize=8)
         ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}x"))
         ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v / 1000:g}k" if v else "0"))
         ax.legend()

@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save as to_bytes, save_file
 
-from mindedit.utils.files import atomic_dir, atomic_write_json, sha256_file
+from mindedit.utils.files import atomic_dir, atomic_write_bytes, atomic_write_json, sha256_file
 
 FILES = ("weights.safetensors", "optimizer.safetensors")
 
@@ -95,10 +95,8 @@ def save_milestone(run_dir, name: str, weights: dict, state: dict) -> Path:
     """<run_dir>/milestones/<name>.safetensors with the full weights and the training ``state`` (tokens per
     stage, global step) as its metadata; written atomically."""
     out = Path(run_dir) / "milestones" / f"{name}.safetensors"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file({k: np.array(v, order="C") for k, v in weights.items()}, str(tmp), metadata={"state": json.dumps(state)})
-    tmp.replace(out)
+    atomic_write_bytes(out, to_bytes({k: np.array(v, order="C") for k, v in weights.items()},
+                                     metadata={"state": json.dumps(state)}))
     return out
 
 
