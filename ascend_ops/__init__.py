@@ -24,6 +24,12 @@ Faces:
   under Triton's interpreter (slow: tests), on Ascend not built (docs/ascend.md).
 Both split faces pad v to q's head size when they differ (MLA: the fused operators take one head size).
 
+``Heads(rotary)`` is what attention modules hold around it: ``front(x, cos, sin)`` turns the projections' layout
+x [B, T, H, D] into the contract's [B, H, T, D] with rotary positions (HF rotate_half layout) applied to the last
+``rotary`` channels of each head (cos/sin [T, rotary]; none given: no rotation), ``back(o)`` turns o [B, H, T, D]
+back into [B, T, H, D]. Faces: ``cpu`` (the CPU default): one C++ pass each way (cpu/heads.cc), its backward the
+same kernel; every other face: plain ops (``heads_reference``, the oracle), which need no Ascend-only operator.
+
 The face is chosen when the cell is built, from the device target; ``MINDEDIT_ATTENTION=reference|cpu|split``
 forces one (tests, benchmarks; ``triton`` only this way). Every face is graph-mode (``ms.jit``) compatible.
 """
@@ -33,9 +39,10 @@ import mindspore as ms
 from mindspore import mint, nn, ops
 
 from .moe import GroupedMatmul, TokenPermute
-from .reference import attention_reference
+from .reference import attention_reference, heads_reference
 
-__all__ = ["FusedAttention", "GroupedMatmul", "TokenPermute", "attention_reference", "backend"]
+__all__ = ["FusedAttention", "GroupedMatmul", "Heads", "TokenPermute", "attention_reference", "backend",
+           "heads_reference"]
 FACES = ("reference", "cpu", "split", "ascend", "triton")
 
 
@@ -46,6 +53,32 @@ def backend() -> str:
             raise ValueError(f"MINDEDIT_ATTENTION={forced!r}: expected one of {FACES}")
         return forced
     return "cpu" if ms.get_context("device_target") == "CPU" else "ascend"
+
+
+class Heads(nn.Cell):
+    def __init__(self, rotary: int = 0, face=None):
+        super().__init__()
+        self.kernel = (face or backend()) == "cpu"
+        if self.kernel:
+            from .cpu_kernel import heads_op
+            self.op = heads_op()
+            self.meta_front = ms.Tensor([1, rotary, 0], ms.int32)
+            self.meta_plain = ms.Tensor([1, 0, 0], ms.int32)
+            self.meta_back = ms.Tensor([2, 0, 0], ms.int32)
+            self.no_angles = ms.Tensor([[0.0]], ms.float32)
+
+    def front(self, x, cos=None, sin=None):
+        if not self.kernel:
+            return heads_reference(x, cos, sin)
+        f32 = ms.float32
+        if cos is None:
+            return self.op(x.astype(f32), self.no_angles, self.no_angles, self.meta_plain).astype(x.dtype)
+        return self.op(x.astype(f32), cos.astype(f32), sin.astype(f32), self.meta_front).astype(x.dtype)
+
+    def back(self, o):
+        if not self.kernel:
+            return mint.permute(o, (0, 2, 1, 3))
+        return self.op(o.astype(ms.float32), self.no_angles, self.no_angles, self.meta_back).astype(o.dtype)
 
 
 class FusedAttention(nn.Cell):

@@ -1,5 +1,5 @@
-"""The CPU kernels behind ``ops.Custom`` AOT: the fused attention (cpu/flash_attention.cc) and the sparse MoE's
-grouped matmul (cpu/grouped_matmul.cc).
+"""The CPU kernels behind ``ops.Custom`` AOT: the fused attention (cpu/flash_attention.cc), heads to the front and
+back with rotary positions (cpu/heads.cc) and the sparse MoE's grouped matmul (cpu/grouped_matmul.cc).
 
 Each shared library is compiled with the machine's g++ on first use and cached by source hash, so a fresh
 machine needs nothing but g++ and OpenMP (present on every machine kind here).
@@ -73,6 +73,24 @@ def flash_attention_op():
 
     return ops.Custom(f"{lib}:FlashAttentionForward", out_shape=fwd_shape,
                       out_dtype=(ms.float32, ms.float32), func_type="aot", bprop=bprop)
+
+
+@functools.lru_cache(maxsize=None)
+def heads_op():
+    """(x, cos, sin, meta) -> x with axes 1 and 2 swapped and rotary applied (cpu/heads.cc for meta), with the
+    kernel itself as bprop: the time axis swapped and the adjoint flag flipped."""
+    lib = str(build_library("heads"))
+    flip, shift = ms.Tensor(np.array([-1, 1, -1], np.int32)), ms.Tensor(np.array([3, 0, 1], np.int32))
+
+    def out_shape(x, cos, sin, meta):
+        return x[0], x[2], x[1], x[3]
+
+    op = ops.Custom(f"{lib}:Heads", out_shape=out_shape, out_dtype=ms.float32, func_type="aot")
+
+    def bprop(x, cos, sin, meta, out, dout):
+        return op(dout, cos, sin, meta * flip + shift), ops.zeros_like(cos), ops.zeros_like(sin), ops.zeros_like(meta)
+
+    return ops.Custom(f"{lib}:Heads", out_shape=out_shape, out_dtype=ms.float32, func_type="aot", bprop=bprop)
 
 
 def kernel_constants(scale: float, window: int, sink_tokens: int, use_sink: bool):

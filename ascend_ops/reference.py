@@ -39,3 +39,22 @@ def attention_reference(q, k, v, sink=None, scale: float = 1.0, window: int = 0,
     if sink is not None:
         probs = probs[..., :tk]
     return mint.matmul(probs, v), lse
+
+
+def rotate_half(x, cos, sin):
+    """x [B, H, T, R] rotated by position (HF rotate_half layout), cos/sin [T, R]."""
+    half = x.shape[-1] // 2
+    rotated = mint.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * mint.broadcast_to(cos.astype(x.dtype), x.shape) + rotated * mint.broadcast_to(sin.astype(x.dtype),
+                                                                                           x.shape)
+
+
+def heads_reference(x, cos=None, sin=None):
+    """x [B, T, H, D] -> [B, H, T, D], the last R channels of each head rotated (cos/sin [T, R], none: R = 0)."""
+    y = mint.permute(x, (0, 2, 1, 3))
+    if cos is None:
+        return y
+    keep = y.shape[-1] - cos.shape[-1]
+    if keep == 0:
+        return rotate_half(y, cos, sin)
+    return mint.cat([y[..., :keep], rotate_half(y[..., keep:], cos, sin)], dim=-1)

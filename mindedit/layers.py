@@ -86,13 +86,6 @@ def rotary_cos_sin(inv_freq, start, length: int):
     return mint.cos(emb), mint.sin(emb)
 
 
-def apply_rotary(x, cos, sin):
-    """x [B, H, T, D] (D even), cos/sin [T, D]."""
-    half = x.shape[-1] // 2
-    rotated = mint.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * expand(cos.astype(x.dtype), x) + rotated * expand(sin.astype(x.dtype), x)
-
-
 def expand(a, like):
     """``a`` broadcast to ``like``'s shape as its own tensor, for a binary op with ``like``: an op that broadcasts
     implicitly keeps buffers that MindSpore's CPU graphs never reuse, ~4x its output per call (docs/environment.md);

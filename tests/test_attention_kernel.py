@@ -1,10 +1,11 @@
 """The CPU attention kernel (C++ through ops.Custom AOT) against the plain-ops reference: forward, backward,
-masks (causal, sliding window, sink tokens), the learnable sink logit, GQA, Dv != D, and a partly filled cache."""
+masks (causal, sliding window, sink tokens), the learnable sink logit, GQA, Dv != D, and a partly filled cache;
+and the heads kernel (layout change with rotary positions) against its plain-ops reference."""
 import numpy as np
 import pytest
 import mindspore as ms
 
-from ascend_ops import FusedAttention
+from ascend_ops import FusedAttention, Heads
 from ascend_ops.cpu_kernel import attention_cpu
 from ascend_ops.reference import attention_reference
 
@@ -73,3 +74,27 @@ def test_fully_masked_rows_do_not_produce_nan(rng):
     o, lse = attention_cpu(q, k, v, scale=1.0, window=1)
     np.testing.assert_allclose(o.asnumpy(), v.asnumpy(), atol=1e-6)
     assert np.isfinite(lse.asnumpy()).all()
+
+
+@pytest.mark.parametrize("rotary", [10, 6, 0])  # every channel, the last 6 of 10 (MLA's rope part), none
+@pytest.mark.parametrize("jit", [False, True])
+def test_heads_kernel_matches_reference(rotary, jit, rng):
+    """front ([B, T, H, D] -> [B, H, T, D], rotated) and back, values and gradients. cos/sin are random, their
+    halves unequal, so the backward must be the forward's exact transpose, not just the inverse rotation."""
+    b, t, h, d = 2, 7, 3, 10
+    t_ = lambda *s: ms.Tensor(rng.standard_normal(s).astype(np.float32))  # noqa: E731
+    x, w, o, cos, sin = t_(b, t, h, d), t_(b, h, t, d), t_(b, h, t, d), t_(t, max(rotary, 1)), t_(t, max(rotary, 1))
+    results = {}
+    for face in ("cpu", "reference"):
+        heads = Heads(rotary, face)
+
+        def front(x):
+            return heads.front(x, cos, sin) if rotary else heads.front(x)
+
+        back = heads.back
+        if jit:
+            front, back = ms.jit(front), ms.jit(back)
+        results[face] = [front(x), back(o), ms.grad(lambda x: (front(x) * w).sum())(x),
+                         ms.grad(lambda o: (back(o) * x).sum())(o)]
+    for name, a, b_ in zip(["front", "back", "d front", "d back"], results["cpu"], results["reference"]):
+        np.testing.assert_allclose(a.asnumpy(), b_.asnumpy(), atol=1e-6, err_msg=name)

@@ -70,14 +70,14 @@ class GateSWAAttention(GQAAttention):
             return capacity + int(bool(self.window) and capacity == self.capacity)
         return min(self.capacity, capacity)
 
-    def gated(self, x, o):
-        """o [B, H, T, D] times the gate computed from the layer input x [B, T, hidden]."""
-        if self.gate_kind == "none":
-            return o
-        b, t, _ = x.shape
-        g = 2.0 * mint.sigmoid(self.gate_proj(x))
-        g = mint.permute(g.reshape(b, t, o.shape[1], -1), (0, 2, 1, 3))
-        return o * expand(g.astype(o.dtype), o)
+    def gated_output(self, x, o):
+        """The output projection of o [B, H, T, D] times the gate computed from the layer input x [B, T, hidden]."""
+        b, _, t, _ = o.shape
+        o = self.heads.back(o)
+        if self.gate_kind != "none":
+            g = (2.0 * mint.sigmoid(self.gate_proj(x))).reshape(b, t, o.shape[2], -1).astype(o.dtype)
+            o = o * (g if g.shape == o.shape else expand(g, o))  # (elementwise: the same shape)
+        return self.o_proj(o.reshape(b, t, -1))
 
     def construct(self, x, cache=None, pos=None):
         """As GQAAttention. A ring cache takes one token per call (decode, at any position): prompts are prefilled
@@ -86,21 +86,21 @@ class GateSWAAttention(GQAAttention):
         b, t, _ = x.shape
         if cache is None:
             q, k, v = self.project(x)
-            return self.merge_heads(self.gated(x, self.attn(q, k, v, sink)))
+            return self.gated_output(x, self.attn(q, k, v, sink))
         q, k, v = self.project(x, pos)
         cap = cache[0].shape[2]
         if cap != self.capacity:
             # slots are positions (a full cache, or a ring too small to ever wrap): the kernel's window/sink mask
             # applies as without a cache, for any chunk at any position
             k_all, v_all = write_slots(cache[0], k, pos), write_slots(cache[1], v, pos)
-            return self.merge_heads(self.gated(x, self.attn(q, k_all, v_all, sink, pos + t)))
+            return self.gated_output(x, self.attn(q, k_all, v_all, sink, pos + t))
         if t != 1:
             raise ValueError("a ring cache takes one token per call: prefill through a full cache "
                              "(init_cache(..., full=True)), then shrink_cache")  # (graph mode: builtin errors only)
         k_ring, v_ring = self.write_ring(cache, k, v, pos)
         # every filled slot is in view of the newest token; slots fill in order until the ring wraps
         o = self.attn_ring(q, k_ring, v_ring, sink, mint.clamp(pos + 1, max=cap))
-        return self.merge_heads(self.gated(x, o))
+        return self.gated_output(x, o)
 
     def write_ring(self, ring, k, v, pos):
         """Tokens at positions pos.. (k, v [B, Hk, T, D]) into the ring's slots (in place: a ring is small, so all

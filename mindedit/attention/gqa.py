@@ -1,10 +1,10 @@
 """The source attention of Qwen3-family models: grouped-query attention with optional per-head q/k RMSNorm
 (Qwen3), optional q/k/v bias (Qwen2) and rotary positions. Parameter names follow HF (q_proj, ..., q_norm)."""
-from mindspore import mint, nn
+from mindspore import nn
 
-from ascend_ops import FusedAttention
+from ascend_ops import FusedAttention, Heads
 from mindedit.attention.caches import kv_cache, write_slots
-from mindedit.layers import RMSNorm, Rotary, apply_rotary, linear
+from mindedit.layers import RMSNorm, Rotary, linear
 
 
 class GQAAttention(nn.Cell):
@@ -31,6 +31,7 @@ class GQAAttention(nn.Cell):
             self.q_norm = RMSNorm(d, cfg.rms_norm_eps, dtype)
             self.k_norm = RMSNorm(d, cfg.rms_norm_eps, dtype)
         self.rotary = Rotary(d, cfg.rope_theta)
+        self.heads = Heads(rotary=d)
         self.attn = FusedAttention(d ** -0.5)
 
     def cache_slots(self, capacity: int, full: bool = False) -> int:
@@ -58,14 +59,12 @@ class GQAAttention(nn.Cell):
         v = self.v_proj(x).reshape(b, t, -1, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        # heads first with mint.permute, not Tensor.transpose, whose buffers a CPU graph never reuses (mindedit.layers)
-        q, k, v = mint.permute(q, (0, 2, 1, 3)), mint.permute(k, (0, 2, 1, 3)), mint.permute(v, (0, 2, 1, 3))
         cos, sin = self.rotary.cos_sin(start, t)
-        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+        return self.heads.front(q, cos, sin), self.heads.front(k, cos, sin), self.heads.front(v)
 
     def merge_heads(self, o):
         b, _, t, _ = o.shape
-        return self.o_proj(mint.permute(o, (0, 2, 1, 3)).reshape(b, t, -1))
+        return self.o_proj(self.heads.back(o).reshape(b, t, -1))
 
     def construct(self, x, cache=None, pos=None):
         """out; with a cache (from ``init_cache``) and ``pos``, the new tokens' keys and values are written into it

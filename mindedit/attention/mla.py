@@ -24,9 +24,9 @@ The latent norms use DeepSeek-V3's epsilon (1e-6) whatever the source's.
 import mindspore as ms
 from mindspore import Parameter, mint, nn, ops
 
-from ascend_ops import FusedAttention
+from ascend_ops import FusedAttention, Heads
 from mindedit.attention.caches import write_slots
-from mindedit.layers import RMSNorm, apply_rotary, linear, rotary_cos_sin, standard_inv_freq
+from mindedit.layers import RMSNorm, linear, rotary_cos_sin, standard_inv_freq
 
 LATENT_NORM_EPS = 1e-6  # DeepSeek-V3's kv_a_layernorm / q_a_layernorm
 
@@ -75,6 +75,7 @@ class MLAAttention(nn.Cell):
         else:
             self.rotary_inv_freq = Parameter(standard_inv_freq(self.rope, cfg.rope_theta), name="rotary_inv_freq",
                                              requires_grad=False)
+        self.heads = Heads(rotary=self.rope)  # rotary on the last rope channels of query heads and the latent
         scale = qk ** -0.5
         self.attn = FusedAttention(scale)
         self.attn_latent = FusedAttention(scale, latent=True)  # absorbed: values = the keys' latent channels
@@ -84,29 +85,26 @@ class MLAAttention(nn.Cell):
         return rotary_cos_sin(self.rotary_inv_freq, start, length)
 
     def queries(self, x, cos, sin):
-        """q_nope [B, H, T, nope], q_pe [B, H, T, rope] (rotary applied)."""
+        """q [B, H, T, nope + rope], rotary applied to each head's last rope channels."""
         b, t, _ = x.shape
         q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x))) if self.q_rank else self.q_proj(x)
         q = q.reshape(b, t, -1, self.nope + self.rope)  # -1 heads: a tensor-parallel rank holds some of them
         if self.use_q_norm:
             q = self.q_norm(q)
-        q = mint.permute(q, (0, 2, 1, 3))  # (not Tensor.transpose: its buffers are never reused, mindedit.layers)
-        return q[..., :self.nope], apply_rotary(q[..., self.nope:], cos, sin)
+        return self.heads.front(q, cos, sin)
 
     def latent(self, x, cos, sin):
         """c [B, 1, T, rank] (normed), k_pe [B, 1, T, rope] (rotary applied): what the cache holds."""
         b, t, _ = x.shape
-        kv = self.kv_a_proj_with_mqa(x)
+        kv = self.heads.front(self.kv_a_proj_with_mqa(x).reshape(b, t, 1, -1), cos, sin)  # one head: [c; k_pe]
         c = kv[..., :self.rank]
         if self.latent_norm:
             c = self.kv_a_layernorm(c)
-        c = c.reshape(b, 1, t, self.rank)
-        k_pe = kv[..., self.rank:].reshape(b, 1, t, self.rope)
-        return c, apply_rotary(k_pe, cos, sin)
+        return c, kv[..., self.rank:]
 
     def merge_heads(self, o):
         b, _, t, _ = o.shape
-        return self.o_proj(mint.permute(o, (0, 2, 1, 3)).reshape(b, t, -1))
+        return self.o_proj(self.heads.back(o).reshape(b, t, -1))
 
     def kv_b_weights(self):
         """kv_b_proj split per head: W_uk [H, nope, rank], W_uv [H, v, rank]."""
@@ -114,18 +112,16 @@ class MLAAttention(nn.Cell):
         return w[:, :self.nope], w[:, self.nope:]
 
     # -- the two modes ---------------------------------------------------------------------------------
-    def naive(self, q_nope, q_pe, c, k_pe, kv_len=None):
+    def naive(self, q, c, k_pe, kv_len=None):
         b, _, t, _ = c.shape
-        kv = self.kv_b_proj(c.reshape(b, t, self.rank)).reshape(b, t, -1, self.nope + self.v_dim)
-        kv = mint.permute(kv, (0, 2, 1, 3))
+        kv = self.heads.front(self.kv_b_proj(c.reshape(b, t, self.rank)).reshape(b, t, -1, self.nope + self.v_dim))
         k = mint.cat([kv[..., :self.nope], k_pe.broadcast_to((b, kv.shape[1], t, self.rope))], dim=-1)
-        q = mint.cat([q_nope, q_pe], dim=-1)
         return self.attn(q, k, kv[..., self.nope:], None, kv_len)
 
-    def absorbed(self, q_nope, q_pe, c, k_pe, kv_len=None):
+    def absorbed(self, q, c, k_pe, kv_len=None):
         w_uk, w_uv = self.kv_b_weights()
-        q_lat = mint.matmul(q_nope, w_uk.unsqueeze(0))                  # [B, H, T, rank]
-        q = mint.cat([q_lat, q_pe], dim=-1)
+        q_lat = mint.matmul(q[..., :self.nope], w_uk.unsqueeze(0))     # [B, H, T, rank]
+        q = mint.cat([q_lat, q[..., self.nope:]], dim=-1)
         k = mint.cat([c, k_pe], dim=-1)                                 # one shared head: MQA over the latent
         o_lat = self.attn_latent(q, k, c, None, kv_len)                 # [B, H, T, rank]
         return mint.matmul(o_lat, mint.transpose(w_uv, 1, 2).unsqueeze(0))  # [B, H, T, v]
@@ -141,13 +137,12 @@ class MLAAttention(nn.Cell):
     def construct(self, x, cache=None, pos=None, absorb=False):
         start = 0 if cache is None else pos
         cos, sin = self.cos_sin(start, x.shape[1])
-        q_nope, q_pe = self.queries(x, cos, sin)
+        q = self.queries(x, cos, sin)
         c, k_pe = self.latent(x, cos, sin)
         if cache is None:
-            o = self.absorbed(q_nope, q_pe, c, k_pe) if absorb else self.naive(q_nope, q_pe, c, k_pe)
-            return self.merge_heads(o)
+            return self.merge_heads(self.absorbed(q, c, k_pe) if absorb else self.naive(q, c, k_pe))
         buf = write_slots(cache[0], mint.cat([c, k_pe], dim=-1), pos)
-        o = self.absorbed(q_nope, q_pe, buf[..., :self.rank], buf[..., self.rank:], pos + x.shape[1])
+        o = self.absorbed(q, buf[..., :self.rank], buf[..., self.rank:], pos + x.shape[1])
         return self.merge_heads(o)
 
     def shrink_cache(self, cache, length: int):
