@@ -30,6 +30,10 @@ x [B, T, H, D] into the contract's [B, H, T, D] with rotary positions (HF rotate
 back into [B, T, H, D]. Faces: ``cpu`` (the CPU default): one C++ pass each way (cpu/heads.cc), its backward the
 same kernel; every other face: plain ops (``heads_reference``, the oracle), which need no Ascend-only operator.
 
+``RMSNormOp(eps)(x, weight)`` is y = weight * x / rms(x) over the last axis in float32 (x and weight float32):
+one C++ pass forward and one backward on the CPU (cpu/rms_norm.cc); ``None`` from ``RMSNormOp.for_face`` on every
+other face, where mindedit.layers.RMSNorm computes it in plain ops (the oracle).
+
 The face is chosen when the cell is built, from the device target; ``MINDEDIT_ATTENTION=reference|cpu|split``
 forces one (tests, benchmarks; ``triton`` only this way). Every face is graph-mode (``ms.jit``) compatible.
 """
@@ -41,7 +45,7 @@ from mindspore import mint, nn, ops
 from .moe import GroupedMatmul, TokenPermute
 from .reference import attention_reference, heads_reference
 
-__all__ = ["FusedAttention", "GroupedMatmul", "Heads", "TokenPermute", "attention_reference", "backend",
+__all__ = ["FusedAttention", "GroupedMatmul", "Heads", "RMSNormOp", "TokenPermute", "attention_reference", "backend",
            "heads_reference"]
 FACES = ("reference", "cpu", "split", "ascend", "triton")
 
@@ -79,6 +83,21 @@ class Heads(nn.Cell):
         if not self.kernel:
             return mint.permute(o, (0, 2, 1, 3))
         return self.op(o.astype(ms.float32), self.no_angles, self.no_angles, self.meta_back).astype(o.dtype)
+
+
+class RMSNormOp(nn.Cell):
+    def __init__(self, eps: float):
+        super().__init__()
+        from .cpu_kernel import rms_norm_op
+        self.op = rms_norm_op()
+        self.eps = ms.Tensor([eps], ms.float32)
+
+    @classmethod
+    def for_face(cls, eps: float, face=None):
+        return cls(eps) if (face or backend()) == "cpu" else None
+
+    def construct(self, x, weight):
+        return self.op(x, weight, self.eps)[0]
 
 
 class FusedAttention(nn.Cell):

@@ -1,5 +1,6 @@
 """The CPU kernels behind ``ops.Custom`` AOT: the fused attention (cpu/flash_attention.cc), heads to the front and
-back with rotary positions (cpu/heads.cc) and the sparse MoE's grouped matmul (cpu/grouped_matmul.cc).
+back with rotary positions (cpu/heads.cc), RMSNorm (cpu/rms_norm.cc) and the sparse MoE's grouped matmul
+(cpu/grouped_matmul.cc).
 
 Each shared library is compiled with the machine's g++ on first use and cached by source hash, so a fresh
 machine needs nothing but g++ and OpenMP (present on every machine kind here).
@@ -91,6 +92,28 @@ def heads_op():
         return op(dout, cos, sin, meta * flip + shift), ops.zeros_like(cos), ops.zeros_like(sin), ops.zeros_like(meta)
 
     return ops.Custom(f"{lib}:Heads", out_shape=out_shape, out_dtype=ms.float32, func_type="aot", bprop=bprop)
+
+
+@functools.lru_cache(maxsize=None)
+def rms_norm_op():
+    """(x [..., D], weight [D], eps [1]) -> (y [..., D], r [...]: the rows' 1 / rms), with the C++ backward."""
+    lib = str(build_library("rms_norm"))
+
+    def fwd_shape(x, w, eps):
+        return x, x[:-1]
+
+    def bwd_shape(x, w, r, dy):
+        return x, w
+
+    backward = ops.Custom(f"{lib}:RmsNormBackward", out_shape=bwd_shape, out_dtype=(ms.float32, ms.float32),
+                          func_type="aot")
+
+    def bprop(x, w, eps, out, dout):
+        dx, dw = backward(x, w, out[1], dout[0])
+        return dx, dw, ops.zeros_like(eps)
+
+    return ops.Custom(f"{lib}:RmsNormForward", out_shape=fwd_shape, out_dtype=(ms.float32, ms.float32),
+                      func_type="aot", bprop=bprop)
 
 
 def kernel_constants(scale: float, window: int, sink_tokens: int, use_sink: bool):

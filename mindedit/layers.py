@@ -3,17 +3,23 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, mint, nn, ops
 
+from ascend_ops import RMSNormOp
+
 
 class RMSNorm(nn.Cell):
-    """y = x / rms(x) * weight, computed in float32 like the reference (MindSpore has no RMSNorm cell on CPU)."""
+    """y = x / rms(x) * weight, computed in float32 like the reference: the CPU kernel (ascend_ops.RMSNormOp) for
+    float32 on the CPU face, plain ops otherwise (MindSpore has no RMSNorm cell on CPU)."""
 
     def __init__(self, dim: int, eps: float = 1e-6, dtype=ms.float32):
         super().__init__()
         self.weight = Parameter(ms.Tensor(np.ones(dim), dtype), name="weight")
         self.eps = eps
+        self.fused = RMSNormOp.for_face(eps) if dtype == ms.float32 else None
         self.frozen = False  # set by CausalLM.freeze (graph mode cannot read weight.requires_grad)
 
     def construct(self, x):
+        if self.fused is not None and x.dtype == ms.float32:
+            return self.fused(x, self.weight)
         dtype = x.dtype
         x = x.astype(ms.float32)
         x = x * expand(mint.rsqrt((x * x).sum(-1, keepdims=True) / x.shape[-1] + self.eps), x)  # (mint.mean's backward

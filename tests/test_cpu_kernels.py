@@ -1,11 +1,12 @@
-"""The CPU attention kernel (C++ through ops.Custom AOT) against the plain-ops reference: forward, backward,
-masks (causal, sliding window, sink tokens), the learnable sink logit, GQA, Dv != D, and a partly filled cache;
-and the heads kernel (layout change with rotary positions) against its plain-ops reference."""
+"""The CPU kernels (C++ through ops.Custom AOT) against their plain-ops references: the attention kernel (forward,
+backward, masks: causal, sliding window, sink tokens; the learnable sink logit, GQA, Dv != D, a partly filled
+cache), the heads kernel (layout change with rotary positions) and RMSNorm."""
 import numpy as np
 import pytest
 import mindspore as ms
 
 from ascend_ops import FusedAttention, Heads
+from mindedit.layers import RMSNorm
 from ascend_ops.cpu_kernel import attention_cpu
 from ascend_ops.reference import attention_reference
 
@@ -98,3 +99,32 @@ def test_heads_kernel_matches_reference(rotary, jit, rng):
                          ms.grad(lambda o: (back(o) * x).sum())(o)]
     for name, a, b_ in zip(["front", "back", "d front", "d back"], results["cpu"], results["reference"]):
         np.testing.assert_allclose(a.asnumpy(), b_.asnumpy(), atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_rms_norm_kernel_matches_plain_ops(jit, rng):
+    """mindedit.layers.RMSNorm on the kernel (the CPU default) and on plain ops: output, input and weight gradients."""
+    x = ms.Tensor(3 * rng.standard_normal((2, 5, 3, 12)).astype(np.float32))
+    w = ms.Tensor(rng.standard_normal((2, 5, 3, 12)).astype(np.float32))
+    weight = ms.Tensor(rng.standard_normal(12).astype(np.float32))
+    results = []
+    for fused in (True, False):
+        norm = RMSNorm(12, 1e-5)
+        assert norm.fused is not None
+        if not fused:
+            norm.fused = None
+        norm.weight.set_data(weight)
+
+        def forward(x):
+            return norm(x)
+
+        def loss(x):
+            return (norm(x) * w).sum()
+
+        grad = ms.grad(loss, grad_position=0, weights=[norm.weight])
+        if jit:
+            forward, grad = ms.jit(forward), ms.jit(grad)
+        dx, (dweight,) = grad(x)
+        results.append((forward(x), dx, dweight))
+    for name, a, b_ in zip(["y", "dx", "dweight"], *results):
+        np.testing.assert_allclose(a.asnumpy(), b_.asnumpy(), atol=1e-5 if name == "dweight" else 2e-6, err_msg=name)
