@@ -79,6 +79,9 @@ class Heads(nn.Cell):
             return self.op(x.astype(f32), self.no_angles, self.no_angles, self.meta_plain).astype(x.dtype)
         return self.op(x.astype(f32), cos.astype(f32), sin.astype(f32), self.meta_front).astype(x.dtype)
 
+    def __deepcopy__(self, memo):
+        return self  # stateless (as GroupedMatmul): a deep-copied attention shares it; its primitives cannot be copied
+
     def back(self, o):
         if not self.kernel:
             return mint.permute(o, (0, 2, 1, 3))
@@ -95,6 +98,9 @@ class RMSNormOp(nn.Cell):
     @classmethod
     def for_face(cls, eps: float, face=None):
         return cls(eps) if (face or backend()) == "cpu" else None
+
+    def __deepcopy__(self, memo):
+        return self  # stateless (as GroupedMatmul): a deep-copied norm shares it; its primitive cannot be copied
 
     def construct(self, x, weight):
         return self.op(x, weight, self.eps)[0]
