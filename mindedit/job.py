@@ -121,7 +121,6 @@ def evaluate(cfg: JobConfig, models: Models, shards: Shards, run_dir: Path, tag:
                             f"tokens")
     log(f"eval ({tag}): teacher vs student, context {ev['seq_len']}")
     result = compare(models.teacher, models.student, tokens, ev["seq_len"], ev["max_windows"], progress=progress)
-    free_graph_memory()
     atomic_write_json(path, result)
     return result
 
@@ -183,8 +182,7 @@ def learning_curve(cfg: JobConfig, models: Models, shards: Shards, run_dir: Path
     for file, state in kept:
         name = file.stem
         if name not in done:
-            checkpoint.set_params(file, models.weights)
-            free_graph_memory()  # a graph that has run sees new Parameter data only after this (environment.md)
+            checkpoint.set_params(file, models.weights, live=True)
             log(f"curve: {name}")
             scored = compare(models.teacher, models.student, shards.tokens("eval"), cfg.eval["seq_len"],
                              cfg.eval["curve_windows"])
@@ -264,8 +262,7 @@ def load_trained(models: Models, run_dir: Path) -> dict:
     found = checkpoint.latest(Path(run_dir) / "checkpoints", warn=log)
     if found is None or found[1]["done"] != ["stage1", "stage2"]:
         raise MindeditError(f"{run_dir}/checkpoints: no checkpoint of a finished stage 2 (training did not finish)")
-    checkpoint.load(found[0], models.weights, {})
-    free_graph_memory()  # (graphs that have run rebind the Parameters' new data)
+    checkpoint.load(found[0], models.weights, {}, live=True)  # (the evaluation's graph has run)
     log(f"trained student from {found[0]}")
     return dict(found[1]["tokens"])
 
@@ -303,6 +300,7 @@ def run(cfg: JobConfig, run_dir: Path, progress: bool = True) -> dict:
     tokens = load_trained(models, run_dir)
     final = evaluate(cfg, models, shards, run_dir, "final", progress=progress)
     curve = learning_curve(cfg, models, shards, run_dir)  # (in the evaluation's graph, before others compile)
+    free_graph_memory()
     scores = task_scores(cfg, models, shards, run_dir, "final", progress=progress)
     needle = needle_scores(cfg, models, shards, run_dir)
     speed = dict(decode_speed(cfg, models, shards), **peak_rss())

@@ -67,27 +67,53 @@ def latest(ckpt_dir, warn=print):
     return None
 
 
-def load(path, weights: dict, optimizer: dict, take=None):
+def load(path, weights: dict, optimizer: dict, take=None, live: bool = False):
     """Sets the given Parameters from a verified checkpoint; every name must be present. ``take(name, full)``
     (a sharded run: Layout.take) cuts this rank's piece out of each full tensor; the result must fit the
-    Parameter's shape."""
+    Parameter's shape. ``live``: as set_params."""
     for file, params in ((FILES[0], weights), (FILES[1], optimizer)):
-        set_params(Path(path) / file, params, take)
+        set_params(Path(path) / file, params, take, live)
 
 
-def set_params(file, params: dict, take=None):
-    """Sets ``params`` {name: Parameter} from the safetensors ``file``, which must hold every name."""
+def set_params(file, params: dict, take=None, live: bool = False):
+    """Sets ``params`` {name: Parameter} from the safetensors ``file``, which must hold every name. ``live``: graphs
+    that have already run read these Parameters: write into their storage through a compiled assign (set_data
+    gives a Parameter new storage, which such graphs never see: docs/environment.md)."""
     import mindspore as ms
     values = load_file(str(file))
     missing = sorted(set(params) - set(values))
     if missing:
         raise ValueError(f"{file}: no tensor {missing[0]!r} ({len(missing)} missing): the checkpoint is "
                          f"from a different job configuration")
+    tensors = []
     for name, p in params.items():
         v = take(name, values[name]) if take else values[name]
         if tuple(v.shape) != tuple(p.shape):
             raise ValueError(f"{file}: {name} has shape {v.shape}, expected {tuple(p.shape)}")
-        p.set_data(ms.Tensor(v).astype(p.dtype))
+        tensors.append(ms.Tensor(v).astype(p.dtype))
+    if live and params:
+        live_writer(tuple(params.values()))(tuple(tensors))
+    else:
+        for p, t in zip(params.values(), tensors):
+            p.set_data(t)
+
+
+_WRITERS = {}
+
+
+def live_writer(params: tuple):
+    """One compiled graph per tuple of Parameters that assigns given values to them in place."""
+    import mindspore as ms
+    from mindspore import ops
+    key = tuple(id(p) for p in params)
+    if key not in _WRITERS:
+        def write(values):
+            for p, v in zip(params, values):
+                ops.assign(p, v)
+            return values[0]
+
+        _WRITERS[key] = ms.jit(write)
+    return _WRITERS[key]
 
 
 # -- milestones: the student's weights at chosen steps, kept for the learning curve (mindedit.job.learning_curve)
