@@ -195,9 +195,13 @@ def plot(run_dir: Path, rows: list, r: dict) -> list:
         c = r["curve"]
         ratios = [p["ppl_ratio"] for p in c]
         ax.plot([p["tokens"] for p in c], ratios, "o-", color="#55a868", label="student / teacher perplexity")
+        log_scale = max(ratios) > 3 * min(ratios)
         ax.set(title=f"learning curve ({c[0]['predictions']:,} held-out predictions at context "
                      f"{r['eval_context']})", xlabel="training tokens (stage 1 + stage 2)", ylabel="ppl ratio",
-               yscale="log" if max(ratios) > 3 * min(ratios) else "linear")
+               yscale="log" if log_scale else "linear")
+        if log_scale:  # labelled ticks inside the range (a log axis labels only whole decades)
+            ax.set_yticks([t for t in (1, 1.1, 1.25, 1.5, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+                           if min(ratios) / 1.1 <= t <= max(ratios) * 1.1])
         ax.yaxis.set_minor_formatter(plt.NullFormatter())
         ax.axhline(1.0, color="#4c72b0", linewidth=0.8, linestyle=":")
         ends = [p["tokens"] for p in c if p["stage"] == "stage1"]
