@@ -71,6 +71,9 @@ class Heads(nn.Cell):
             self.meta_back = ms.Tensor([2, 0, 0], ms.int32)
             self.no_angles = ms.Tensor([[0.0]], ms.float32)
 
+    def __deepcopy__(self, memo):
+        return self  # stateless (as GroupedMatmul): a deep-copied attention shares it; its primitives cannot be copied
+
     def front(self, x, cos=None, sin=None):
         if not self.kernel:
             return heads_reference(x, cos, sin)
@@ -78,9 +81,6 @@ class Heads(nn.Cell):
         if cos is None:
             return self.op(x.astype(f32), self.no_angles, self.no_angles, self.meta_plain).astype(x.dtype)
         return self.op(x.astype(f32), cos.astype(f32), sin.astype(f32), self.meta_front).astype(x.dtype)
-
-    def __deepcopy__(self, memo):
-        return self  # stateless (as GroupedMatmul): a deep-copied attention shares it; its primitives cannot be copied
 
     def back(self, o):
         if not self.kernel:
