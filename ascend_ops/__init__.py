@@ -36,14 +36,27 @@ other face, where mindedit.layers.RMSNorm computes it in plain ops (the oracle).
 
 The face is chosen when the cell is built, from the device target; ``MINDEDIT_ATTENTION=reference|cpu|split``
 forces one (tests, benchmarks; ``triton`` only this way). Every face is graph-mode (``ms.jit``) compatible.
+
+The CPU kernels are OpenMP loops. GNU OpenMP's threads spin after each parallel region by default, on the very
+cores MindSpore's own thread pool needs for the next op: importing this package first sets
+``OMP_WAIT_POLICY=PASSIVE`` unless the environment says otherwise (docs/environment.md: a SmolLM2 stage-1 step
+3.6 -> 2.2 s, a decode step at 2K 280-470 -> 200 ms). libgomp reads it once, when ``import mindspore`` loads it.
 """
 import os
+import sys
+import warnings
 
-import mindspore as ms
-from mindspore import mint, nn, ops
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    if "mindspore" in sys.modules:
+        warnings.warn("ascend_ops was imported after mindspore: its CPU kernels' OpenMP threads will spin against "
+                      "MindSpore's (slower steps); import mindedit/ascend_ops first or set OMP_WAIT_POLICY=PASSIVE")
 
-from .moe import GroupedMatmul, TokenPermute
-from .reference import attention_reference, heads_reference
+import mindspore as ms  # noqa: E402 (after the wait policy)
+from mindspore import mint, nn, ops  # noqa: E402
+
+from .moe import GroupedMatmul, TokenPermute  # noqa: E402
+from .reference import attention_reference, heads_reference  # noqa: E402
 
 __all__ = ["FusedAttention", "GroupedMatmul", "Heads", "RMSNormOp", "TokenPermute", "attention_reference", "backend",
            "heads_reference"]

@@ -7,3 +7,5 @@ __version__ = "0.1.0"
 # first imported, and importing MindSpore imports triton (ascend_ops/triton/face.py)
 if os.environ.get("MINDEDIT_ATTENTION") == "triton":
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import ascend_ops  # noqa: E402,F401 (first: it sets the OpenMP wait policy before MindSpore loads libgomp)
