@@ -17,6 +17,9 @@ CASES = [
     (2, 2, 1, 1, 50, 8, 8, 10, 2, True),        # a decode step
     (1, 3, 3, 130, 130, 64, 64, 33, 0, False),  # several tiles, window cuts through them
     (1, 2, 2, 200, 200, 40, 24, 64, 4, False),  # window + sink tokens across tile borders
+    # few query rows per kv head take the split-K path (kernel's kDecodeRows): keys in chunks of 256, merged
+    (1, 9, 1, 1, 600, 24, 16, 0, 0, False),     # MLA's absorbed decode: 9 heads on one latent head, Dv < D
+    (2, 6, 2, 2, 700, 16, 8, 100, 4, True),     # 2 rows per head; the window leaves whole chunks out but the sinks
 ]
 
 

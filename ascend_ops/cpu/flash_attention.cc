@@ -215,6 +215,105 @@ void forward(const Dims& d, const float* q, const float* k, const float* v, cons
   }
 }
 
+// Few query rows per kv head (decoding: Tq = 1): split-K over the keys instead of query tiles (flash-decoding).
+// One task is (batch, kv head, chunk of kKeyChunk keys) with every query row that reads that kv head: it reads its
+// keys and values once, straight from the [Ts, D] rows (no packed copy of the cache, no 32-row tile for one row),
+// and leaves each row's partial softmax (max, sum, unnormalised output); the partials then merge per row, the sink
+// logit as one more partial with no value. Same contract and outputs as forward().
+constexpr int64_t kDecodeRows = 32;    // group * Tq up to this takes the split-K path
+constexpr int64_t kKeyChunk = 256;
+
+inline float dot(const float* a, const float* b, int64_t n) {
+  vf acc = vset(0.f);
+  int64_t e = 0;
+  for (; e + kLanes <= n; e += kLanes) acc += vload(a + e) * vload(b + e);
+  float s = 0.f;
+  for (int64_t l = 0; l < kLanes; ++l) s += acc[l];
+  for (; e < n; ++e) s += a[e] * b[e];
+  return s;
+}
+
+inline void axpy(float w, const float* x, float* y, int64_t n) {  // y += w x
+  int64_t e = 0;
+  for (; e + kLanes <= n; e += kLanes) vstore(y + e, vload(y + e) + vset(w) * vload(x + e));
+  for (; e < n; ++e) y[e] += w * x[e];
+}
+
+void forward_decode(const Dims& d, const float* q, const float* k, const float* v, const float* sink, float* o,
+                    float* lse) {
+  const int64_t group = d.H / d.Hk, rows = group * d.Tq;
+  const int64_t nchunks = std::max<int64_t>(1, (d.Tk + kKeyChunk - 1) / kKeyChunk);
+  const int64_t ntasks = d.B * d.Hk * nchunks;
+  std::vector<float> part_m(ntasks * rows, kNegInf), part_l(ntasks * rows, 0.f), part_o(ntasks * rows * d.Dv, 0.f);
+#pragma omp parallel
+  {
+    std::vector<float> S(rows * kKeyChunk);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < ntasks; ++task) {
+      const int64_t bhk = task / nchunks, k0 = task % nchunks * kKeyChunk, nk = std::min(kKeyChunk, d.Tk - k0);
+      const int64_t b = bhk / d.Hk, p_first = d.q_offset(), p_last = d.Tk - 1;
+      if (nk <= 0 || !tile_visible(d, p_first, p_last, k0, k0 + nk)) continue;
+      const float* kh = k + (bhk * d.Ts + k0) * d.D;
+      const float* vh = v + (bhk * d.Ts + k0) * d.Dv;
+      // row r: query head (bhk % Hk) * group + r / Tq of batch b, query index r % Tq
+      const float* qh = q + ((b * d.H + bhk % d.Hk * group) * d.Tq) * d.D;
+      for (int64_t c = 0; c < nk; ++c)
+        for (int64_t r = 0; r < rows; ++r)
+          S[r * kKeyChunk + c] = visible(d, p_first + r % d.Tq, k0 + c)
+                                     ? d.scale * dot(qh + r * d.D, kh + c * d.D, d.D) : kNegInf;
+      float* m = part_m.data() + task * rows;
+      float* l = part_l.data() + task * rows;
+      for (int64_t r = 0; r < rows; ++r) {
+        float* s = S.data() + r * kKeyChunk;
+        for (int64_t c = nk; c < (nk + kLanes - 1) / kLanes * kLanes; ++c) s[c] = kNegInf;
+        float mx = kNegInf;
+        for (int64_t c = 0; c < nk; ++c) mx = std::max(mx, s[c]);
+        m[r] = mx;
+        if (mx == kNegInf) continue;
+        vf sum = vset(0.f);
+        for (int64_t c = 0; c < nk; c += kLanes) {
+          const vf p = vexp(vload(s + c) - vset(mx));
+          vstore(s + c, p);
+          sum += p;
+        }
+        for (int64_t e = 0; e < kLanes; ++e) l[r] += sum[e];
+      }
+      float* acc = part_o.data() + task * rows * d.Dv;
+      for (int64_t c = 0; c < nk; ++c)
+        for (int64_t r = 0; r < rows; ++r) {
+          const float w = S[r * kKeyChunk + c];
+          if (m[r] != kNegInf && w != 0.f) axpy(w, vh + c * d.Dv, acc + r * d.Dv, d.Dv);
+        }
+    }
+#pragma omp for
+    for (int64_t bh = 0; bh < d.B * d.H; ++bh) {  // merge the chunks' partials of each row
+      const int64_t b = bh / d.H, h = bh % d.H, r0 = (h % group) * d.Tq;
+      const int64_t t0 = (b * d.Hk + h / group) * nchunks;
+      for (int64_t i = 0; i < d.Tq; ++i) {
+        const int64_t r = r0 + i;
+        float mx = d.use_sink ? sink[h] : kNegInf;
+        for (int64_t c = 0; c < nchunks; ++c) mx = std::max(mx, part_m[(t0 + c) * rows + r]);
+        float* out = o + (bh * d.Tq + i) * d.Dv;
+        std::fill(out, out + d.Dv, 0.f);
+        if (mx == kNegInf) {
+          lse[bh * d.Tq + i] = kNegInf;
+          continue;
+        }
+        float total = d.use_sink ? std::exp(sink[h] - mx) : 0.f;
+        for (int64_t c = 0; c < nchunks; ++c) {
+          const float mc = part_m[(t0 + c) * rows + r];
+          if (mc == kNegInf) continue;
+          const float w = std::exp(mc - mx);
+          total += w * part_l[(t0 + c) * rows + r];
+          axpy(w, part_o.data() + ((t0 + c) * rows + r) * d.Dv, out, d.Dv);
+        }
+        for (int64_t e = 0; e < d.Dv; ++e) out[e] /= total;
+        lse[bh * d.Tq + i] = mx + std::log(total);
+      }
+    }
+  }
+}
+
 // One task per (batch, kv head): it owns dk/dv of that head and dq of the query heads in its group, so no writes
 // race. Key tiles are the outer loop (FlashAttention-2 order): a tile's dK/dV stay in a local buffer.
 void backward(const Dims& d, const float* q, const float* k, const float* v, const float* sink, const float* o,
@@ -328,7 +427,7 @@ int FlashAttentionForward(int nparam, void** params, int* ndims, int64_t** shape
   if (nparam != 9) return 1;
   const Dims d = read_dims(shapes, params[4], params[5], params[6]);
   if (d.H % d.Hk != 0) return 2;
-  forward(d, static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
+  (d.H / d.Hk * d.Tq <= kDecodeRows ? forward_decode : forward)(d, static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
           static_cast<const float*>(params[2]), static_cast<const float*>(params[3]), static_cast<float*>(params[7]),
           static_cast<float*>(params[8]));
   return 0;
