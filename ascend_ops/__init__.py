@@ -14,7 +14,8 @@ Contract (every face implements exactly this):
 Faces:
 - ``reference``: plain MindSpore ops, materialises the scores; the oracle in tests.
 - ``cpu`` (the CPU default): a blockwise online-softmax C++ kernel through ``ops.Custom`` AOT that does windows,
-  sink tokens and the sink logit in one pass, with a backward; memory O(T) per head.
+  sink tokens and the sink logit in one pass, with a backward; memory O(T) per head. Few query rows per kv head
+  (decoding) take a split-K path: chunks of keys read once from the cache, their partial softmaxes merged.
 - ``ascend`` (the 910B default): ascend_ops.split over CANN's fused operators (ascend_ops.ascend): the causal
   attention or its band in one FlashAttentionScore call (FusedInferAttentionScore when decoding), the sink tokens
   and the sink logit merged by softmax statistics. Not run here (no NPU or CANN): docs/ascend.md.
@@ -29,6 +30,11 @@ x [B, T, H, D] into the contract's [B, H, T, D] with rotary positions (HF rotate
 ``rotary`` channels of each head (cos/sin [T, rotary]; none given: no rotation), ``back(o)`` turns o [B, H, T, D]
 back into [B, T, H, D]. Faces: ``cpu`` (the CPU default): one C++ pass each way (cpu/heads.cc), its backward the
 same kernel; every other face: plain ops (``heads_reference``, the oracle), which need no Ascend-only operator.
+
+``CacheWrite()(buf, new, pos)`` writes new [B, H, T, D] into an inference cache buf [B, H, C, D] at slots
+pos..pos+T-1 in place and returns buf to read through: on the CPU a C++ copy of the T slots where buf lies
+(cpu/cache_write.cc); every other face ScatterNdUpdate (``cache_write_reference``, the oracle; its CPU kernel
+copies the whole buffer per call).
 
 ``RMSNormOp(eps)(x, weight)`` is y = weight * x / rms(x) over the last axis in float32 (x and weight float32):
 one C++ pass forward and one backward on the CPU (cpu/rms_norm.cc); ``None`` from ``RMSNormOp.for_face`` on every
@@ -56,10 +62,10 @@ import mindspore as ms  # noqa: E402 (after the wait policy)
 from mindspore import mint, nn, ops  # noqa: E402
 
 from .moe import GroupedMatmul, TokenPermute  # noqa: E402
-from .reference import attention_reference, heads_reference  # noqa: E402
+from .reference import attention_reference, cache_write_reference, heads_reference  # noqa: E402
 
-__all__ = ["FusedAttention", "GroupedMatmul", "Heads", "RMSNormOp", "TokenPermute", "attention_reference", "backend",
-           "heads_reference"]
+__all__ = ["CacheWrite", "FusedAttention", "GroupedMatmul", "Heads", "RMSNormOp", "TokenPermute", "attention_reference",
+           "backend", "cache_write_reference", "heads_reference"]
 FACES = ("reference", "cpu", "split", "ascend", "triton")
 
 
@@ -99,6 +105,23 @@ class Heads(nn.Cell):
         if not self.kernel:
             return mint.permute(o, (0, 2, 1, 3))
         return self.op(o.astype(ms.float32), self.no_angles, self.no_angles, self.meta_back).astype(o.dtype)
+
+
+class CacheWrite(nn.Cell):
+    def __init__(self, face=None):
+        super().__init__()
+        self.kernel = (face or backend()) == "cpu"
+        if self.kernel:
+            from .cpu_kernel import cache_write_op
+            self.op = cache_write_op()
+
+    def __deepcopy__(self, memo):
+        return self  # stateless (as Heads): a deep-copied attention shares it; its primitive cannot be copied
+
+    def construct(self, buf, new, pos):
+        if not self.kernel or buf.dtype != ms.float32:
+            return cache_write_reference(buf, new, pos)
+        return ops.depend(buf, self.op(buf, new.astype(ms.float32), pos.astype(ms.int32)))
 
 
 class RMSNormOp(nn.Cell):

@@ -1,6 +1,6 @@
 """The CPU kernels behind ``ops.Custom`` AOT: the fused attention (cpu/flash_attention.cc), heads to the front and
-back with rotary positions (cpu/heads.cc), RMSNorm (cpu/rms_norm.cc) and the sparse MoE's grouped matmul
-(cpu/grouped_matmul.cc).
+back with rotary positions (cpu/heads.cc), RMSNorm (cpu/rms_norm.cc), the in-place cache write
+(cpu/cache_write.cc) and the sparse MoE's grouped matmul (cpu/grouped_matmul.cc).
 
 Each shared library is compiled with the machine's g++ on first use and cached by source hash, so a fresh
 machine needs nothing but g++ and OpenMP (present on every machine kind here).
@@ -114,6 +114,14 @@ def rms_norm_op():
 
     return ops.Custom(f"{lib}:RmsNormForward", out_shape=fwd_shape, out_dtype=(ms.float32, ms.float32),
                       func_type="aot", bprop=bprop)
+
+
+@functools.lru_cache(maxsize=None)
+def cache_write_op():
+    """(buf [B, H, C, D], new [B, H, T, D], pos [1] int32) -> done [1] int32: new written into buf's slots
+    pos..pos+T-1 in place (cpu/cache_write.cc); read buf after it (ops.depend). No gradient: caches are inference."""
+    return ops.Custom(f"{build_library('cache_write')}:CacheWrite", out_shape=lambda buf, new, pos: (1,),
+                      out_dtype=ms.int32, func_type="aot")
 
 
 def kernel_constants(scale: float, window: int, sink_tokens: int, use_sink: bool):

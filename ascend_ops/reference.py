@@ -58,3 +58,16 @@ def heads_reference(x, cos=None, sin=None):
     if keep == 0:
         return rotate_half(y, cos, sin)
     return mint.cat([y[..., :keep], rotate_half(y[..., keep:], cos, sin)], dim=-1)
+
+
+def cache_write_reference(buf, new, pos):
+    """Writes new [B, H, T, D] into buf [B, H, C, D] at slots pos..pos+T-1 (pos: int32 [1]), in place; returns the
+    written buffer (read it through this value: the dependency orders the read after the write). ScatterNdUpdate:
+    on the CPU backend it copies the whole buffer per call."""
+    b, h, t, _ = new.shape
+    shape = (b, h, t)
+    slot = ops.arange(0, t).astype(ms.int32) + pos
+    index = ops.stack([mint.broadcast_to(ops.arange(0, b).astype(ms.int32).reshape(b, 1, 1), shape),
+                        mint.broadcast_to(ops.arange(0, h).astype(ms.int32).reshape(1, h, 1), shape),
+                        mint.broadcast_to(slot.reshape(1, 1, t), shape)], -1)
+    return ops.scatter_nd_update(buf, index, new)

@@ -1,14 +1,14 @@
 """The CPU kernels (C++ through ops.Custom AOT) against their plain-ops references: the attention kernel (forward,
 backward, masks: causal, sliding window, sink tokens; the learnable sink logit, GQA, Dv != D, a partly filled
-cache), the heads kernel (layout change with rotary positions) and RMSNorm."""
+cache), the heads kernel (layout change with rotary positions), RMSNorm and the in-place cache write."""
 import numpy as np
 import pytest
 import mindspore as ms
 
-from ascend_ops import FusedAttention, Heads
+from ascend_ops import CacheWrite, FusedAttention, Heads
 from mindedit.layers import RMSNorm
 from ascend_ops.cpu_kernel import attention_cpu
-from ascend_ops.reference import attention_reference
+from ascend_ops.reference import attention_reference, cache_write_reference
 
 CASES = [
     # B, H, Hk, Tq, Tk, D, Dv, window, sink_tokens, sink_logit
@@ -131,3 +131,24 @@ def test_rms_norm_kernel_matches_plain_ops(jit, rng):
         results.append((forward(x), dx, dweight))
     for name, a, b_ in zip(["y", "dx", "dweight"], *results):
         np.testing.assert_allclose(a.asnumpy(), b_.asnumpy(), atol=1e-5 if name == "dweight" else 2e-6, err_msg=name)
+
+
+def test_cache_write_in_place_in_graph_mode(rng):
+    """The kernel writes the new slots into the cache where it lies (a mutable graph input, as in decoding), step
+    after step, and the value read back through CacheWrite is the written cache: as ScatterNdUpdate's."""
+    t = lambda *s: ms.Tensor(rng.standard_normal(s).astype(np.float32))  # noqa: E731
+    start = t(2, 3, 40, 8)
+    caches = {face: ms.mutable((ms.Tensor(start.asnumpy()),)) for face in ("cpu", "reference")}
+    for pos, n in [(0, 5), (5, 1), (6, 1), (39, 1)]:
+        new = t(2, 3, n, 8)
+        for face, cache in caches.items():
+            write = CacheWrite(face=face)
+
+            def step(c, x, p):
+                return write(c[0], x, p) * 1.0
+
+            read = ms.jit(step)(cache, new, ms.Tensor([pos], ms.int32))
+            np.testing.assert_array_equal(read.asnumpy(), cache[0].asnumpy())  # returned = the cache itself
+        np.testing.assert_array_equal(caches["cpu"][0].asnumpy(), caches["reference"][0].asnumpy())
+        np.testing.assert_array_equal(caches["cpu"][0].asnumpy()[:, :, pos:pos + n], new.asnumpy())
+    np.testing.assert_array_equal(caches["cpu"][0].asnumpy()[:, :, 7:39], start.asnumpy()[:, :, 7:39])

@@ -11,19 +11,7 @@ the tokens written so far may hold anything (a padded chunk's tail, an earlier g
 mask them by position.
 """
 import mindspore as ms
-from mindspore import mint, ops
-
-
-def write_slots(buf, new, pos):
-    """Writes new [B, H, T, D] into buf [B, H, C, D] at slots pos..pos+T-1, in place; returns the written buffer
-    (read it through this value: the dependency orders the read after the write)."""
-    b, h, t, _ = new.shape
-    shape = (b, h, t)
-    slot = ops.arange(0, t).astype(ms.int32) + pos
-    index = ops.stack([mint.broadcast_to(ops.arange(0, b).astype(ms.int32).reshape(b, 1, 1), shape),
-                        mint.broadcast_to(ops.arange(0, h).astype(ms.int32).reshape(1, h, 1), shape),
-                        mint.broadcast_to(slot.reshape(1, 1, t), shape)], -1)
-    return ops.scatter_nd_update(buf, index, new)
+from mindspore import ops
 
 
 def kv_cache(batch: int, kv_heads: int, capacity: int, k_dim: int, v_dim: int, dtype=ms.float32):

@@ -17,7 +17,6 @@ import mindspore as ms
 from mindspore import Parameter, mint, ops
 
 from ascend_ops import FusedAttention
-from mindedit.attention.caches import write_slots
 from mindedit.attention.gqa import GQAAttention
 from mindedit.layers import expand, linear
 
@@ -92,7 +91,7 @@ class GateSWAAttention(GQAAttention):
         if cap != self.capacity:
             # slots are positions (a full cache, or a ring too small to ever wrap): the kernel's window/sink mask
             # applies as without a cache, for any chunk at any position
-            k_all, v_all = write_slots(cache[0], k, pos), write_slots(cache[1], v, pos)
+            k_all, v_all = self.cache_write(cache[0], k, pos), self.cache_write(cache[1], v, pos)
             return self.gated_output(x, self.attn(q, k_all, v_all, sink, pos + t))
         if t != 1:
             raise ValueError("a ring cache takes one token per call: prefill through a full cache "

@@ -2,8 +2,8 @@
 (Qwen3), optional q/k/v bias (Qwen2) and rotary positions. Parameter names follow HF (q_proj, ..., q_norm)."""
 from mindspore import nn
 
-from ascend_ops import FusedAttention, Heads
-from mindedit.attention.caches import kv_cache, write_slots
+from ascend_ops import CacheWrite, FusedAttention, Heads
+from mindedit.attention.caches import kv_cache
 from mindedit.layers import RMSNorm, Rotary, linear
 
 
@@ -33,6 +33,7 @@ class GQAAttention(nn.Cell):
         self.rotary = Rotary(d, cfg.rope_theta)
         self.heads = Heads(rotary=d)
         self.attn = FusedAttention(d ** -0.5)
+        self.cache_write = CacheWrite()
 
     def cache_slots(self, capacity: int, full: bool = False) -> int:
         """Token slots of this layer's cache for a context of ``capacity`` tokens."""
@@ -73,5 +74,5 @@ class GQAAttention(nn.Cell):
             q, k, v = self.project(x)
             return self.merge_heads(self.attn(q, k, v))
         q, k, v = self.project(x, pos)
-        k_all, v_all = write_slots(cache[0], k, pos), write_slots(cache[1], v, pos)
+        k_all, v_all = self.cache_write(cache[0], k, pos), self.cache_write(cache[1], v, pos)
         return self.merge_heads(self.attn(q, k_all, v_all, None, pos + x.shape[1]))

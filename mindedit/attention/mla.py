@@ -24,8 +24,7 @@ The latent norms use DeepSeek-V3's epsilon (1e-6) whatever the source's.
 import mindspore as ms
 from mindspore import Parameter, mint, nn, ops
 
-from ascend_ops import FusedAttention, Heads
-from mindedit.attention.caches import write_slots
+from ascend_ops import CacheWrite, FusedAttention, Heads
 from mindedit.layers import RMSNorm, linear, rotary_cos_sin, standard_inv_freq
 
 LATENT_NORM_EPS = 1e-6  # DeepSeek-V3's kv_a_layernorm / q_a_layernorm
@@ -79,6 +78,7 @@ class MLAAttention(nn.Cell):
         scale = qk ** -0.5
         self.attn = FusedAttention(scale)
         self.attn_latent = FusedAttention(scale, latent=True)  # absorbed: values = the keys' latent channels
+        self.cache_write = CacheWrite()
 
     # -- pieces shared by both modes -------------------------------------------------------------------
     def cos_sin(self, start, length: int):
@@ -118,12 +118,12 @@ class MLAAttention(nn.Cell):
         k = mint.cat([kv[..., :self.nope], k_pe.broadcast_to((b, kv.shape[1], t, self.rope))], dim=-1)
         return self.attn(q, k, kv[..., self.nope:], None, kv_len)
 
-    def absorbed(self, q, c, k_pe, kv_len=None):
+    def absorbed(self, q, latent, kv_len=None):
+        """q against latent [B, 1, S, rank + rope] ([c; k_pe], the cache's layout: one shared head, MQA)."""
         w_uk, w_uv = self.kv_b_weights()
         q_lat = mint.matmul(q[..., :self.nope], w_uk.unsqueeze(0))     # [B, H, T, rank]
         q = mint.cat([q_lat, q[..., self.nope:]], dim=-1)
-        k = mint.cat([c, k_pe], dim=-1)                                 # one shared head: MQA over the latent
-        o_lat = self.attn_latent(q, k, c, None, kv_len)                 # [B, H, T, rank]
+        o_lat = self.attn_latent(q, latent, latent[..., :self.rank], None, kv_len)  # [B, H, T, rank]
         return mint.matmul(o_lat, mint.transpose(w_uv, 1, 2).unsqueeze(0))  # [B, H, T, v]
 
     def cache_values(self, context: int) -> int:
@@ -140,10 +140,9 @@ class MLAAttention(nn.Cell):
         q = self.queries(x, cos, sin)
         c, k_pe = self.latent(x, cos, sin)
         if cache is None:
-            return self.merge_heads(self.absorbed(q, c, k_pe) if absorb else self.naive(q, c, k_pe))
-        buf = write_slots(cache[0], mint.cat([c, k_pe], dim=-1), pos)
-        o = self.absorbed(q, buf[..., :self.rank], buf[..., self.rank:], pos + x.shape[1])
-        return self.merge_heads(o)
+            return self.merge_heads(self.absorbed(q, mint.cat([c, k_pe], dim=-1)) if absorb else self.naive(q, c, k_pe))
+        buf = self.cache_write(cache[0], mint.cat([c, k_pe], dim=-1), pos)  # (read as written: no re-concatenation)
+        return self.merge_heads(self.absorbed(q, buf, pos + x.shape[1]))
 
     def shrink_cache(self, cache, length: int):
         """The latent cache is the same for prefill and decode."""
