@@ -1,9 +1,10 @@
 """Inference caches. A cache is a tuple of fixed-capacity tensors that its attention module writes into *in
 place* (``construct(x, cache, pos) -> out``): prefill chunks and every decode step run as compiled graphs with
 static shapes, the caches passed in as ``ms.mutable`` inputs and updated where they lie, so a step writes the new
-tokens' slots and nothing else (measured on SmolLM2 at a 2K context: a functional cache, a select over every
-layer's whole buffers per token, cost 26 ms of a 284 ms decode step; in place, 60 scatters cost 6-8 ms. A
-576x576 PyNative matmul on the CPU backend costs ~9 ms, a PyNative decode step ~3 s).
+tokens' slots and nothing else (``ascend_ops.CacheWrite``; measured on SmolLM2 at a 2K context: a functional
+cache, a select over every layer's whole buffers per token, cost 26 ms of a 284 ms decode step; ScatterNdUpdate,
+which copies each buffer per call, ~17 ms of a 115 ms step; the C++ write of the new slots ~0. A 576x576 PyNative
+matmul on the CPU backend costs ~9 ms, a PyNative decode step ~3 s).
 
 ``pos`` (int32 tensor [1]) is how many tokens the layer has already processed: the position of the first new
 token. Each attention class makes its own cache (``init_cache``) and is the only reader of its layout; slots past
