@@ -44,9 +44,11 @@ The face is chosen when the cell is built, from the device target; ``MINDEDIT_AT
 forces one (tests, benchmarks; ``triton`` only this way). Every face is graph-mode (``ms.jit``) compatible.
 
 The CPU kernels are OpenMP loops. GNU OpenMP's threads spin after each parallel region by default, on the very
-cores MindSpore's own thread pool needs for the next op: importing this package first sets
-``OMP_WAIT_POLICY=PASSIVE`` unless the environment says otherwise (docs/environment.md: a SmolLM2 stage-1 step
-3.6 -> 2.2 s, a decode step at 2K 280-470 -> 200 ms). libgomp reads it once, when ``import mindspore`` loads it.
+cores MindSpore's own thread pool needs for the next op, and MindSpore sets ``OMP_NUM_THREADS`` (cores / 8, here
+1) in its process's environment when unset, which every child process (a job's stages, msrun's ranks) then
+inherits. So importing this package first sets ``OMP_WAIT_POLICY=PASSIVE`` and ``OMP_NUM_THREADS`` = the cores,
+each unless the environment says otherwise (docs/environment.md: a SmolLM2 stage-1 step 3.6 -> 2.2 s, a decode
+step at 2K 280-470 -> 200 ms). libgomp reads them once, when ``import mindspore`` loads it.
 """
 import os
 import sys
@@ -54,6 +56,7 @@ import warnings
 
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     if "mindspore" in sys.modules:
         warnings.warn("ascend_ops was imported after mindspore: its CPU kernels' OpenMP threads will spin against "
                       "MindSpore's (slower steps); import mindedit/ascend_ops first or set OMP_WAIT_POLICY=PASSIVE")
