@@ -8,7 +8,7 @@ import mindspore as ms
 from ascend_ops import CacheWrite, FusedAttention, Heads
 from mindedit.layers import RMSNorm
 from ascend_ops.cpu_kernel import attention_cpu
-from ascend_ops.reference import attention_reference, cache_write_reference
+from ascend_ops.reference import attention_reference
 
 CASES = [
     # B, H, Hk, Tq, Tk, D, Dv, window, sink_tokens, sink_logit
