@@ -427,9 +427,10 @@ int FlashAttentionForward(int nparam, void** params, int* ndims, int64_t** shape
   if (nparam != 9) return 1;
   const Dims d = read_dims(shapes, params[4], params[5], params[6]);
   if (d.H % d.Hk != 0) return 2;
-  (d.H / d.Hk * d.Tq <= kDecodeRows ? forward_decode : forward)(d, static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
-          static_cast<const float*>(params[2]), static_cast<const float*>(params[3]), static_cast<float*>(params[7]),
-          static_cast<float*>(params[8]));
+  const auto run = d.H / d.Hk * d.Tq <= kDecodeRows ? forward_decode : forward;  // few rows per kv head: split-K
+  run(d, static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
+      static_cast<const float*>(params[2]), static_cast<const float*>(params[3]), static_cast<float*>(params[7]),
+      static_cast<float*>(params[8]));
   return 0;
 }
 
