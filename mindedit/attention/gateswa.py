@@ -23,18 +23,23 @@ from mindedit.layers import expand, linear
 SINK_LOGIT_INIT = -20.0
 
 
-def ring_sources(capacity: int, sink_tokens: int, window: int, pos, length: int):
-    """For each ring slot: which of the ``length`` new tokens (positions pos..pos+length-1) is the last one to
-    land there, and whether any does. Slots 0..sink_tokens-1 hold those positions forever; position p >= sink
-    lands in slot sink + (p - sink) % window."""
-    slot = ops.arange(0, capacity)
-    last = pos.astype(ms.int64) + (length - 1)
+def ring_slot(pos, sink_tokens: int, window: int):
+    """The ring slot (int32 [1]) of the token at position ``pos``: slots 0..sink_tokens-1 hold those positions
+    forever; position p >= sink_tokens lands in slot sink_tokens + (p - sink_tokens) % window."""
+    p = pos.astype(ms.int32)
+    r = mint.clamp(p - sink_tokens, min=0)
+    laps = ops.floor(r.astype(ms.float32) / window).astype(ms.int32)  # (no integer FloorDiv on CPU; exact < 2^24)
+    return mint.where(p < sink_tokens, p, sink_tokens + r - window * laps)
+
+
+def ring_sources(slots: int, sink_tokens: int, window: int, length: int):
+    """For each of a ring's slots after positions 0..length-1 were written in order: the position it holds
+    (the last one to land there) and whether any did (numpy)."""
+    slot = np.arange(slots)
     r = slot - sink_tokens
-    laps = ops.floor(mint.clamp(last - sink_tokens - r, min=0).astype(ms.float32) / window).astype(ms.int64)
-    wrapped = sink_tokens + r + window * laps  # (float floor: no integer FloorDiv kernel on CPU; exact < 2^24)
-    src = mint.where(slot < sink_tokens, slot, wrapped)
-    valid = mint.logical_and(src >= pos.astype(ms.int64), src <= last)
-    return mint.clamp(src - pos.astype(ms.int64), 0, length - 1), valid
+    last = sink_tokens + r + window * (np.maximum(length - 1 - sink_tokens - r, 0) // window)
+    src = np.where(slot < sink_tokens, slot, last)
+    return np.minimum(src, length - 1).astype(np.int32), src < length
 
 
 class GateSWAAttention(GQAAttention):
@@ -96,18 +101,11 @@ class GateSWAAttention(GQAAttention):
         if t != 1:
             raise ValueError("a ring cache takes one token per call: prefill through a full cache "
                              "(init_cache(..., full=True)), then shrink_cache")  # (graph mode: builtin errors only)
-        k_ring, v_ring = self.write_ring(cache, k, v, pos)
+        slot = ring_slot(pos, self.sink_tokens, self.window)
+        k_ring, v_ring = self.cache_write(cache[0], k, slot), self.cache_write(cache[1], v, slot)
         # every filled slot is in view of the newest token; slots fill in order until the ring wraps
         o = self.attn_ring(q, k_ring, v_ring, sink, mint.clamp(pos + 1, max=cap))
         return self.gated_output(x, o)
-
-    def write_ring(self, ring, k, v, pos):
-        """Tokens at positions pos.. (k, v [B, Hk, T, D]) into the ring's slots (in place: a ring is small, so all
-        of it is rewritten); returns the written (keys, values)."""
-        src, valid = ring_sources(ring[0].shape[2], self.sink_tokens, self.window, pos, k.shape[2])
-        mask = valid.reshape(1, 1, -1, 1)
-        return (ops.assign(ring[0], mint.where(mask, ops.gather(k, src, 2), ring[0])),
-                ops.assign(ring[1], mint.where(mask, ops.gather(v, src, 2), ring[1])))
 
     def shrink_cache(self, cache, length: int):
         """The decode cache of a layer whose first ``length`` positions were prefilled into a full cache: the
@@ -116,8 +114,6 @@ class GateSWAAttention(GQAAttention):
         slots = self.cache_slots(cache[0].shape[2])
         if slots == cache[0].shape[2] or not self.window:
             return cache
-        b, h, _, d = cache[0].shape
-        ring = (ops.zeros((b, h, slots, d), cache[0].dtype), ops.zeros((b, h, slots, d), cache[1].dtype))
-        zero = ms.Tensor([0], ms.int32)
-        self.write_ring(ring, cache[0][:, :, :length], cache[1][:, :, :length], zero)
-        return ring
+        src, valid = ring_sources(slots, self.sink_tokens, self.window, length)
+        src, keep = ms.Tensor(src), ms.Tensor(valid.reshape(1, 1, -1, 1))
+        return tuple(mint.where(keep, ops.gather(c, src, 2), ops.zeros((), c.dtype)) for c in cache)
