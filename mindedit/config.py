@@ -34,7 +34,8 @@ SECTIONS = {"name", "model", "target", "kv_dtype", "data", "train", "eval", "par
 REQUIRED = object()
 STAGE = {"tokens": (int, 0), "steps": (int, 0), "seq_len": (int, 0), "lr": (float, 1e-4), "warmup_steps": (int, 0),
          "schedule": (str, "cosine"), "min_lr_ratio": (float, 0.1), "clip": (float, 1.0),
-         "weight_decay": (float, 0.0), "beta1": (float, 0.9), "beta2": (float, 0.95)}
+         "weight_decay": (float, 0.0), "beta1": (float, 0.9), "beta2": (float, 0.95),
+         "row_relative": (bool, False)}
 SCHEMAS = {
     "data": {"train": (list, REQUIRED), "eval": (list, REQUIRED), "seq_len": (int, 512)},
     "train": {"seed": (int, 0), "batch_size": (int, 1), "grad_accum": (int, 1), "checkpoint_every": (int, 50),
@@ -73,8 +74,9 @@ def section(raw, name: str, where: str) -> dict:
             out[key] = default
             continue
         value = raw[key]
-        ok = isinstance(value, kind) and not isinstance(value, bool) or (kind is float and isinstance(value, int)
-                                                                          and not isinstance(value, bool))
+        ok = isinstance(value, bool) if kind is bool else (
+            isinstance(value, kind) and not isinstance(value, bool)
+            or (kind is float and isinstance(value, int) and not isinstance(value, bool)))
         if not ok:
             raise JobConfigError(f"{where}: {full}={value!r}: expected {kind.__name__}")
         if kind in (int, float) and value < 0:
@@ -258,6 +260,9 @@ def load_job_config(path, overrides=()) -> JobConfig:
                                       for s in ("stage1", "stage2")):
         raise JobConfigError(f"{path}: parallel.ep={cfg.parallel['ep']}: the tokens of a rank's batch "
                              f"(batch_size / dp x seq_len) must divide over parallel.tp={cfg.parallel['tp']}")
+    if cfg.parallel["tp"] > 1 and any(train[s]["row_relative"] for s in ("stage1", "stage2")):
+        raise JobConfigError(f"{path}: train.stage1/2.row_relative: not with parallel.tp={cfg.parallel['tp']} (a "
+                             f"row's and a matrix's RMS would be one rank's shard's; set row_relative: false)")
     from cluster.config import ClusterError, parse_cluster
     try:
         cfg.cluster = parse_cluster(raw.get("cluster"), cfg.dims.world, str(path))

@@ -50,6 +50,48 @@ def test_adamw_matches_numpy_reference_with_clipping_and_accumulation(rng):
         assert not opt.acc[0].asnumpy().any()  # cleared for the next step
 
 
+def test_adamw_row_relative_scales_each_rows_step_by_its_scale(rng):
+    """row_relative: Adam's step, each row's scaled by min(1, RMS(row) / RMS(matrix)) of the weights before it;
+    vectors and an all-zero matrix step as plain Adam."""
+    w0 = rng.normal(size=(4, 6)) * np.array([[1.0], [1e-3], [2.0], [0.1]])  # rows four orders of magnitude apart
+    b0 = rng.normal(size=6)
+    w = Parameter(ms.Tensor(w0, ms.float32), name="w")
+    b = Parameter(ms.Tensor(b0, ms.float32), name="b")
+    z = Parameter(ms.Tensor(np.zeros((2, 3)), ms.float32), name="z")
+    opt = AdamW([w, b, z], clip=0.0, row_relative=True)
+
+    @ms.jit
+    def micro(gw, gb, gz):
+        opt.accumulate((gw, gb, gz))
+        return gw
+
+    ref = {"w": w0.copy(), "b": b0.copy(), "z": np.zeros((2, 3))}
+    m = {k: np.zeros_like(x) for k, x in ref.items()}
+    v = {k: np.zeros_like(x) for k, x in ref.items()}
+    for t in range(1, 4):
+        g = {"w": rng.normal(size=(4, 6)), "b": rng.normal(size=6), "z": rng.normal(size=(2, 3))}
+        micro(*(ms.Tensor(g[k], ms.float32) for k in ("w", "b", "z")))
+        opt.apply(ms.Tensor(0.01, ms.float32), ms.Tensor(1.0, ms.float32))
+        step = 0.01 * np.sqrt(1 - 0.95 ** t) / (1 - 0.9 ** t)
+        for k in ref:
+            m[k] = 0.9 * m[k] + 0.1 * g[k]
+            v[k] = 0.95 * v[k] + 0.05 * g[k] * g[k]
+            update = step * m[k] / (np.sqrt(v[k]) + 1e-8)
+            if ref[k].ndim == 2:
+                rows = np.sqrt((ref[k] ** 2).mean(1, keepdims=True))
+                whole = np.sqrt((ref[k] ** 2).mean())
+                update = update * np.where(rows >= whole, 1.0, rows / max(whole, 1e-30))
+            ref[k] = ref[k] - update
+        for k, p in (("w", w), ("b", b), ("z", z)):
+            np.testing.assert_allclose(p.asnumpy(), ref[k], rtol=1e-5, atol=1e-8)
+    # the small row moved by about its own scale's share, not by the lr: plain Adam would move it ~0.03
+    assert np.abs(w.asnumpy()[1] - w0[1]).max() < 1e-3
+    # a model's worth of matrices compiles (past MindSpore's default call depth without the raised limit)
+    many = [Parameter(ms.Tensor(np.ones((2, 2)), ms.float32), name=f"p{i}") for i in range(200)]
+    big = AdamW(many, row_relative=True)
+    big.apply(ms.Tensor(0.01, ms.float32), ms.Tensor(1.0, ms.float32))
+
+
 def test_lr_schedule():
     assert [lr_at(s, 10, 1.0, 2) for s in (0, 1)] == [0.5, 1.0]
     assert lr_at(2, 10, 1.0, 2) == pytest.approx(1.0) and lr_at(10, 10, 1.0, 2) == pytest.approx(0.1)

@@ -6,6 +6,11 @@ tensor's update is one ``ops.AdamWeightDecay`` kernel (the bias correction folde
 Step protocol: ``accumulate(grads)``, inside the compiled micro-step, adds one micro-batch's gradients into
 ``acc``; ``apply(lr, micro_batches)`` (compiled) averages them, clips, updates and clears ``acc``; it returns the pre-clip norm.
 Weight decay is decoupled and applied to matrices only (not to norms, biases, gates or sink logits).
+``row_relative``: each row of a matrix steps at most in proportion to its own scale: a row whose RMS is below the
+matrix's RMS has its update scaled by that ratio (recomputed every step from the weights, so a resumed run steps
+alike). Adam's step is the same size for every element whatever its magnitude; the rows of a factorised init
+(MLA's latent down-projection, its rope query rows) span four orders of magnitude, and one plain step can move the
+smallest by many times their size (docs/distill.md, "Qwen2.5-Coder-0.5B").
 Parameters stored in bf16/fp16 (Ascend) are updated through fp32 master copies.
 """
 import math
@@ -16,7 +21,7 @@ from mindspore import Parameter, ParameterTuple, mint, nn, ops
 
 class AdamW(nn.Cell):
     def __init__(self, params, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, clip=1.0, grad_reducer=None,
-                 norm_weights=None, norm_reduce=None):
+                 norm_weights=None, norm_reduce=None, row_relative=False):
         """Sharded runs (mindedit.parallel): ``grad_reducer`` sums/averages the accumulated gradients across ranks
         once per step, before clipping (after the whole pipeline schedule, so every rank issues its collectives in
         one order); each parameter's squared norm is weighted by ``norm_weights`` (1 / ranks holding the same
@@ -28,6 +33,7 @@ class AdamW(nn.Cell):
         self.norm_reduce = norm_reduce
         self.b1, self.b2, self.eps, self.clip = betas[0], betas[1], eps, clip
         self.decay = tuple(weight_decay if p.ndim >= 2 else 0.0 for p in self.params)
+        self.relative = tuple(i for i, p in enumerate(self.params) if row_relative and p.ndim == 2)
         self.master_weights = any(p.dtype != ms.float32 for p in self.params)
 
         def zeros(prefix):
@@ -41,6 +47,9 @@ class AdamW(nn.Cell):
         self.t = Parameter(ms.Tensor(0, ms.int32), name="adam_step", requires_grad=False)
         self.update = ops.AdamWeightDecay()  # one kernel per tensor: m, v and w in place
 
+        # the unrolled per-tensor updates nest one graph call per statement: a whole model's worth passes
+        # MindSpore's default depth of 1000 (400 tensors do; 170 with row_relative)
+        ms.set_recursion_limit(max(1000, 12 * len(self.params)))
         # compiled through a closure: jitting a cell's method directly confuses later graphs (docs/environment.md)
         def apply(lr, micro_batches):
             return self._apply(lr, micro_batches)
@@ -68,6 +77,7 @@ class AdamW(nn.Cell):
         t = self.t.astype(ms.float32)
         step = lr * ops.sqrt(1.0 - ops.pow(self.b2, t)) / (1.0 - ops.pow(self.b1, t))
         weights = self.master if self.master_weights else self.params
+        before = [weights[i] * 1.0 for i in self.relative]  # (no branch per tensor: graphs nest per `if`)
         for i in range(len(grads)):
             # w -= step * (m / (sqrt(v) + eps) + decay' * w), with decay' = lr * decay / step: the decoupled
             # decay lr * decay * w, as the bias correction is folded into step
@@ -77,7 +87,22 @@ class AdamW(nn.Cell):
             if self.master_weights:  # (the kernel's outputs are not the updated tensors on CPU: read the master)
                 ops.assign(self.params[i], ops.depend(weights[i], done).astype(self.params[i].dtype))
             ops.assign(self.acc[i], ops.zeros_like(self.acc[i]))
+        for k in range(len(self.relative)):
+            i = self.relative[k]
+            ops.assign(weights[i], self._row_relative(before[k], weights[i]))
+            if self.master_weights:
+                ops.assign(self.params[i], weights[i].astype(self.params[i].dtype))
         return norm
+
+    @staticmethod
+    def _row_relative(before, after):
+        """``before`` plus the step to ``after``, each row's step scaled by min(1, its RMS / the matrix's RMS)
+        (rows of an all-zero matrix: 1)."""
+        rows = ops.sqrt((before * before).mean(axis=1, keep_dims=True))
+        whole = ops.sqrt((before * before).mean())
+        ratio = rows / mint.maximum(whole, ops.ones_like(whole) * 1e-30)
+        scale = mint.where(rows >= whole, ops.ones_like(rows), ratio)
+        return before + scale * (after - before)
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int, schedule: str = "cosine", min_ratio: float = 0.1) -> float:

@@ -86,7 +86,7 @@ class Trainer:
         params = [self.weights[n] for n in stage.trainable if n in self.weights]
         opt = AdamW(params, (spec["beta1"], spec["beta2"]), weight_decay=spec["weight_decay"], clip=spec["clip"],
                     grad_reducer=layout.grad_reducer(params), norm_weights=layout.norm_weights(params),
-                    norm_reduce=ReduceFromGroup(layout.world))
+                    norm_reduce=ReduceFromGroup(layout.world), row_relative=spec["row_relative"])
         opt_state = {p.name: p for p in opt.state()}
         opt_io = self._optimizer_io(stage, opt_state)
         start = 0
