@@ -35,7 +35,7 @@ REQUIRED = object()
 STAGE = {"tokens": (int, 0), "steps": (int, 0), "seq_len": (int, 0), "lr": (float, 1e-4), "warmup_steps": (int, 0),
          "schedule": (str, "cosine"), "min_lr_ratio": (float, 0.1), "clip": (float, 1.0),
          "weight_decay": (float, 0.0), "beta1": (float, 0.9), "beta2": (float, 0.95),
-         "row_relative": (bool, False)}
+         "row_relative": (bool, False), "lr_relative": (bool, False)}
 SCHEMAS = {
     "data": {"train": (list, REQUIRED), "eval": (list, REQUIRED), "seq_len": (int, 512)},
     "train": {"seed": (int, 0), "batch_size": (int, 1), "grad_accum": (int, 1), "checkpoint_every": (int, 50),

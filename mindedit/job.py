@@ -63,6 +63,7 @@ class Models:
     weights: dict      # the student's own Parameters by model path: what checkpoints hold (this rank's pieces)
     shapes: dict       # {path: full shape} of those, over the whole model
     trainable: list    # paths trained in stage 2 (stage 1 trains the attention among them)
+    lr_unit: float     # the RMS of the teacher's attention projections: a `lr_relative` stage's lr is in this unit
 
 
 # -- the steps ------------------------------------------------------------------------------------------------
@@ -94,7 +95,20 @@ def build(cfg: JobConfig, shards: Shards) -> Models:
     teacher.freeze()  # (after untie: the student's own copies stay trainable)
     weights = own_parameters(student, teacher)
     return Models(teacher, student, weights, {n: tuple(p.shape) for n, p in weights.items()},
-                  [n for n, p in weights.items() if p.requires_grad])
+                  [n for n, p in weights.items() if p.requires_grad], attention_weight_rms(teacher))
+
+
+def attention_weight_rms(model) -> float:
+    """The RMS of every element of a model's attention q/k/v/o projection weights, over all its layers (before
+    sharding: the whole tensors). Adam steps each element by about the lr whatever the weights' size, so a lr that
+    suits one teacher is a ten times larger relative step on one whose weights are ten times smaller
+    (SmolLM2-135M ~0.19, Qwen2.5-Coder-0.5B ~0.018: docs/distill.md); `lr_relative` stages multiply by this."""
+    total, count = 0.0, 0
+    for layer in model.model.layers:
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            w = getattr(layer.self_attn, name).weight.astype(ms.float32).asnumpy().astype(np.float64)
+            total, count = total + float((w * w).sum()), count + w.size
+    return (total / count) ** 0.5
 
 
 def shard(models: Models, cfg: JobConfig, rank: int, world: int):
@@ -103,7 +117,7 @@ def shard(models: Models, cfg: JobConfig, rank: int, world: int):
     from mindedit.parallel.parallelize import parallelize
     layout = parallelize([models.teacher, models.student], cfg.dims, rank, world)
     return Models(models.teacher, models.student, own_parameters(models.student, models.teacher), models.shapes,
-                  models.trainable), layout
+                  models.trainable, models.lr_unit), layout
 
 
 def evaluate(cfg: JobConfig, models: Models, shards: Shards, run_dir: Path, tag: str, reuse: bool = True,
@@ -243,10 +257,13 @@ def train(cfg: JobConfig, models: Models, shards: Shards, run_dir: Path, layout=
     loss1 = Stage1Loss(models.teacher, models.student)
     loss2 = Stage2Loss(models.teacher, models.student, s2["kl"], s2["temperature"], s2["feature_layers"],
                        s2["feature_weight"], s2["ce_weight"], layout.vocab)
+    def unit(spec):
+        return models.lr_unit if spec["lr_relative"] else 1.0
     stages = [Stage("stage1", layout.stage1(loss1, shapes), [f"layer_{i:02d}" for i in range(layers)],
-                    [n for n in models.trainable if "self_attn" in n], s1, stage_steps(cfg, "stage1"), batches(s1)),
+                    [n for n in models.trainable if "self_attn" in n], s1, stage_steps(cfg, "stage1"), batches(s1),
+                    unit(s1)),
               Stage("stage2", layout.stage2(loss2, shapes, cfg.parallel["micro_batches"]), ["kl", "feature", "ce"],
-                    models.trainable, s2, stage_steps(cfg, "stage2"), batches(s2))]
+                    models.trainable, s2, stage_steps(cfg, "stage2"), batches(s2), unit(s2))]
     for stage in stages:
         if only in (None, stage.name):
             trainer.run(stage, resume)

@@ -92,7 +92,16 @@ def test_job_writes_report_plots_summary_and_export(finished_run):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert {"layer_00", "layer_01", "grad_norm", "lr", "tokens_per_s"} <= set(rows[0])
     assert {"kl", "feature", "ce"} <= set(rows[-1]) and rows[-1]["stage"] == "stage2"
+    # stage 2 is lr_relative (1.5e-2 x the teacher's attention weight RMS), stage 1 absolute (1e-3)
+    from mindedit.config import load_job_config
+    from mindedit.distill.optim import lr_at
+    from mindedit.job import attention_weight_rms
     from mindedit.models import from_pretrained
+    unit = attention_weight_rms(from_pretrained(load_job_config(CONFIG).resolve_model_path()))
+    assert 0.005 < unit < 0.1
+    for stage, steps, peak, warmup in (("stage1", 8, 1e-3, 2), ("stage2", 6, 1.5e-2 * unit, 1)):
+        assert [r["lr"] for r in rows if r["stage"] == stage] == pytest.approx(
+            [lr_at(i, steps, peak, warmup) for i in range(steps)], rel=1e-9), stage
     model = from_pretrained(run_dir / "export")
     assert model.config.attention_target["kind"] == "gateswa"
     # the export is what HF transformers loads, with the tokenizer the job trained on

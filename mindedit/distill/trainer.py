@@ -32,6 +32,7 @@ class Stage:
     spec: dict             # the train.<stage> section: lr, warmup_steps, schedule, min_lr_ratio, clip, ...
     steps: int
     batches: object        # .get(position) -> ids [B, T] (mindedit.data.shards.Batches at the stage's seq_len)
+    lr_unit: float = 1.0   # spec["lr"] is in this unit (`lr_relative`: the teacher's attention weight RMS)
 
 
 def data_parallel_mean(micro_step, dp_sum, dp: float):
@@ -97,6 +98,9 @@ class Trainer:
         if stage.steps == 0 or start >= stage.steps:
             self._finish(stage, opt_state, start, opt_io)
             return
+        if stage.lr_unit != 1.0:
+            self.log(f"{stage.name}: lr {spec['lr']:.3g} x the teacher's attention weight RMS {stage.lr_unit:.4g} = "
+                     f"{spec['lr'] * stage.lr_unit:.3g} at its peak")
         if self.milestones and self.global_step == 0:
             self._milestone(stage.name, 0)  # before any training: the curve's first point
         kept = {round(stage.steps * k / self.milestones) for k in range(1, self.milestones + 1)} \
@@ -109,7 +113,8 @@ class Trainer:
             if self.show_progress else None
         for step in range(start, stage.steps):
             t0 = time.perf_counter()
-            lr = lr_at(step, stage.steps, spec["lr"], spec["warmup_steps"], spec["schedule"], spec["min_lr_ratio"])
+            lr = lr_at(step, stage.steps, spec["lr"] * stage.lr_unit, spec["warmup_steps"], spec["schedule"],
+                       spec["min_lr_ratio"])
             loss, aux = 0.0, np.zeros(len(stage.aux_names))
             for _ in range(self.grad_accum):
                 ids = ms.Tensor(stage.batches.get(self.position))
