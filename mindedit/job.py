@@ -257,6 +257,7 @@ def train(cfg: JobConfig, models: Models, shards: Shards, run_dir: Path, layout=
     loss1 = Stage1Loss(models.teacher, models.student)
     loss2 = Stage2Loss(models.teacher, models.student, s2["kl"], s2["temperature"], s2["feature_layers"],
                        s2["feature_weight"], s2["ce_weight"], layout.vocab)
+
     def unit(spec):
         return models.lr_unit if spec["lr_relative"] else 1.0
     stages = [Stage("stage1", layout.stage1(loss1, shapes), [f"layer_{i:02d}" for i in range(layers)],
