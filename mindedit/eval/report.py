@@ -67,7 +67,7 @@ def headline(r: dict) -> str:
             f"({r['ppl_ratio']:.3f}x; before training {r['student_ppl_init']:.3f}) | KL {r['kl']:.4f} "
             f"(init {r['kl_init']:.4f}) | top-1 agreement {100 * r['top1_agreement']:.1f}% | KV -"
             f"{100 * r['kv_reduction']:.1f}% at {r['eval_context']} tokens | trained on "
-            f"{r['tokens_stage1']:,} + {r['tokens_stage2']:,} tokens in {r['minutes']:.1f} min")
+            f"{r['tokens_stage1']:,} + {r['tokens_stage2']:,} tokens | job {r['minutes']:.1f} min")
 
 
 def markdown(r: dict) -> str:
@@ -112,8 +112,9 @@ def markdown(r: dict) -> str:
     for c in r["kv"]["contexts"]:
         lines.append(f"| {c['context']} | {c['teacher_bytes']:,} | {c['student_bytes']:,} | "
                      f"{100 * c['reduction']:.1f}% |")
-    lines += ["", "Training: stage 1 (layer-wise) {:,} tokens, stage 2 (model-level) {:,} tokens; {:.1f} minutes "
-              "in all.".format(r["tokens_stage1"], r["tokens_stage2"], r["minutes"])]
+    lines += ["", "Training: stage 1 (layer-wise) {:,} tokens, stage 2 (model-level) {:,} tokens; the job (data, "
+              "training, evaluation) {:.1f} minutes up to this report.".format(r["tokens_stage1"], r["tokens_stage2"],
+                                                                               r["minutes"])]
     for stage, v in r.get("speed", {}).items():
         lines.append(f"{stage}: {v['tokens_per_s']:.1f} tokens/s in steady state, {v['compile_s']:.0f} s compiling.")
     if r.get("peak_rss_mb"):
