@@ -63,7 +63,8 @@ class Models:
     weights: dict      # the student's own Parameters by model path: what checkpoints hold (this rank's pieces)
     shapes: dict       # {path: full shape} of those, over the whole model
     trainable: list    # paths trained in stage 2 (stage 1 trains the attention among them)
-    lr_unit: float     # the RMS of the teacher's attention projections: a `lr_relative` stage's lr is in this unit
+    lr_unit: float     # a `lr_relative` stage's lr is in this unit: the RMS of the teacher's attention projections
+                       # (computed only when a stage asks for it: it reads every attention weight)
 
 
 # -- the steps ------------------------------------------------------------------------------------------------
@@ -95,7 +96,9 @@ def build(cfg: JobConfig, shards: Shards) -> Models:
     teacher.freeze()  # (after untie: the student's own copies stay trainable)
     weights = own_parameters(student, teacher)
     return Models(teacher, student, weights, {n: tuple(p.shape) for n, p in weights.items()},
-                  [n for n, p in weights.items() if p.requires_grad], attention_weight_rms(teacher))
+                  [n for n, p in weights.items() if p.requires_grad],
+                  attention_weight_rms(teacher) if any(cfg.train[st]["lr_relative"] for st in ("stage1", "stage2"))
+                  else 1.0)
 
 
 def attention_weight_rms(model) -> float:

@@ -98,7 +98,7 @@ class Trainer:
         if stage.steps == 0 or start >= stage.steps:
             self._finish(stage, opt_state, start, opt_io)
             return
-        if stage.lr_unit != 1.0:
+        if spec["lr_relative"]:
             self.log(f"{stage.name}: lr {spec['lr']:.3g} x the teacher's attention weight RMS {stage.lr_unit:.4g} = "
                      f"{spec['lr'] * stage.lr_unit:.3g} at its peak")
         if self.milestones and self.global_step == 0:
