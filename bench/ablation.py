@@ -30,6 +30,8 @@ from pathlib import Path
 
 import yaml
 
+from mindedit.utils.allocator import ensure
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -100,4 +102,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    ensure()  # jemalloc, as the job runs (mindedit.utils.allocator); cells inherit it
     main()

@@ -23,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from forward import child_result, peak_mb, token_ids, torch_smollm2  # noqa: E402
+from mindedit.utils.allocator import ensure  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,4 +109,5 @@ def main():
 
 
 if __name__ == "__main__":
+    ensure()  # jemalloc, as the job runs (mindedit.utils.allocator); cells inherit it
     main()

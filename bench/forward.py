@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from mindedit.utils.allocator import ensure
+
 
 def rss_mb() -> float:
     import psutil
@@ -166,4 +168,5 @@ def side_by_side(title: str, rows: list, seconds: str, extra: list):
 
 
 if __name__ == "__main__":
+    ensure()  # jemalloc, as the job runs (mindedit.utils.allocator); cells inherit it
     main()

@@ -32,6 +32,7 @@ from mindedit.eval.compare import compare
 from mindedit.eval.kv import kv_report
 from mindedit.losses import layer_error
 from mindedit.models import from_pretrained
+from mindedit.utils.allocator import ensure
 
 CALIBRATION_FILES = ["2012_barack_obama_d.txt", "2013_barack_obama_d.txt", "2014_barack_obama_d.txt",
                      "2015_barack_obama_d.txt"]
@@ -159,4 +160,5 @@ def main():
 
 
 if __name__ == "__main__":
+    ensure()  # jemalloc, as the job runs (mindedit.utils.allocator); cells inherit it
     main()

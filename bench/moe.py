@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from mindedit.utils.allocator import ensure
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {"model_type": "qwen3_moe", "vocab_size": 4096, "hidden_size": 256, "intermediate_size": 512,
           "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
@@ -98,4 +100,5 @@ def main():
 
 
 if __name__ == "__main__":
+    ensure()  # jemalloc, as the job runs (mindedit.utils.allocator); cells inherit it
     main()

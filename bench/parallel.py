@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mindedit.utils.allocator import ensure
+
 REPO = Path(__file__).resolve().parents[1]
 DENSE, MOE = "configs/tiny_gateswa.yaml", "configs/ci/tiny_qwen3_moe.yaml"
 LAYOUTS = {
@@ -98,4 +100,5 @@ def main():
 
 
 if __name__ == "__main__":
+    ensure()  # jemalloc, as the job runs (mindedit.utils.allocator); cells inherit it
     main()

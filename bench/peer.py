@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from forward import child_result, peak_mb, side_by_side, token_ids, torch_smollm2
+from mindedit.utils.allocator import ensure
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs/smollm2_135m_gateswa.yaml"
@@ -174,4 +175,5 @@ def main():
 
 
 if __name__ == "__main__":
+    ensure()  # jemalloc, as the job runs (mindedit.utils.allocator); cells inherit it
     main()

@@ -373,12 +373,14 @@ def evaluate_checkpoint(cfg: JobConfig, run_dir: Path, tasks=None, limit: int = 
 
 
 def peak_rss() -> dict:
-    """Peak RSS in MB of this process (evaluation, export) and of the largest finished child (training)."""
+    """Peak RSS in MB of this process (evaluation, export) and of the largest finished child (training), and the
+    allocator they ran on (the children inherit this process's: mindedit.utils.allocator)."""
     import resource
+    from mindedit.utils.allocator import active
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {"peak_rss_mb": round(max(own, children)), "peak_rss_mb_training": round(children),
-            "peak_rss_mb_evaluation": round(own)}
+            "peak_rss_mb_evaluation": round(own), "allocator": active()}
 
 
 def write_rank_summary(run_dir: Path, models: Models, layout):

@@ -119,7 +119,8 @@ def markdown(r: dict) -> str:
         lines.append(f"{stage}: {v['tokens_per_s']:.1f} tokens/s in steady state, {v['compile_s']:.0f} s compiling.")
     if r.get("peak_rss_mb"):
         lines.append(f"Peak memory (RSS): {r['peak_rss_mb']:,.0f} MB (the largest process: training "
-                     f"{r['peak_rss_mb_training']:,.0f} MB, evaluation and export {r['peak_rss_mb_evaluation']:,.0f} MB).")
+                     f"{r['peak_rss_mb_training']:,.0f} MB, evaluation and export {r['peak_rss_mb_evaluation']:,.0f} "
+                     f"MB); allocator: {r.get('allocator', 'glibc')}.")
     lines.append("")
     lines += [f"![{Path(p).stem}]({p})" for p in r.get("plots", [])]
     return "\n".join(lines) + "\n"
