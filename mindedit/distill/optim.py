@@ -4,7 +4,8 @@ named Parameter a checkpoint can save and restore exactly, and the learning rate
 tensor's update is one ``ops.AdamWeightDecay`` kernel (the bias correction folded into its learning rate).
 
 Step protocol: ``accumulate(grads)``, inside the compiled micro-step, adds one micro-batch's gradients into
-``acc``; ``apply(lr, micro_batches)`` (compiled) averages them, clips, updates and clears ``acc``; it returns the pre-clip norm.
+``acc``; ``apply(lr, micro_batches)`` (compiled) averages them, clips, updates and clears ``acc``; it returns the
+pre-clip norm. Both map one function over the tensors (``ops.HyperMap``) instead of looping in Python.
 Weight decay is decoupled and applied to matrices only (not to norms, biases, gates or sink logits).
 ``row_relative``: each row of a matrix steps at most in proportion to its own scale: a row whose RMS is below the
 matrix's RMS has its update scaled by that ratio (recomputed every step from the weights, so a resumed run steps
@@ -46,9 +47,10 @@ class AdamW(nn.Cell):
                                                    requires_grad=False) for p in self.params)
         self.t = Parameter(ms.Tensor(0, ms.int32), name="adam_step", requires_grad=False)
         self.update = ops.AdamWeightDecay()  # one kernel per tensor: m, v and w in place
+        self.map = ops.HyperMap()
 
-        # the unrolled per-tensor updates nest one graph call per statement: a whole model's worth passes
-        # MindSpore's default depth of 1000 (400 tensors do; 170 with row_relative)
+        # a sharded run's gradient reducer loops over the tensors, one nested graph call per statement: a whole
+        # model's worth passes MindSpore's default depth of 1000
         ms.set_recursion_limit(max(1000, 12 * len(self.params)))
         # compiled through a closure: jitting a cell's method directly confuses later graphs (docs/environment.md)
         def apply(lr, micro_batches):
@@ -62,47 +64,85 @@ class AdamW(nn.Cell):
 
     def accumulate(self, grads):
         """Adds one micro-batch's gradients (call it inside the compiled micro-step)."""
-        for a, g in zip(self.acc, grads):
-            ops.assign_add(a, g.astype(ms.float32))
-        return self.t
+        return ops.depend(self.t, self.map(_add_into, self.acc, grads))
 
     def _apply(self, lr, micro_batches):
-        grads = tuple(a / micro_batches for a in self.acc)
+        # the per-tensor work as HyperMaps, which the compiler expands after parsing: a Python loop over the ~200
+        # tensors parsed into one nested graph per statement, and compiling it took 23-25 s (now ~3)
+        grads = self.map(ops.partial(_divide, micro_batches), self.acc)
         if self.grad_reducer is not None:
             grads = self.grad_reducer(grads)
-        sq = sum(w * (g * g).sum() for w, g in zip(self.norm_weights, grads))
+        sq = ops.addn(self.map(_weighted_square, self.norm_weights, grads))
         norm = ops.sqrt(self.norm_reduce(sq) if self.norm_reduce is not None else sq)
         scale = mint.clamp(self.clip / (norm + 1e-6), max=1.0) if self.clip > 0 else ops.ones((), ms.float32)
         ops.assign_add(self.t, ops.ones((), ms.int32))
         t = self.t.astype(ms.float32)
         step = lr * ops.sqrt(1.0 - ops.pow(self.b2, t)) / (1.0 - ops.pow(self.b1, t))
         weights = self.master if self.master_weights else self.params
-        before = [weights[i] * 1.0 for i in self.relative]  # (no branch per tensor: graphs nest per `if`)
-        for i in range(len(grads)):
-            # w -= step * (m / (sqrt(v) + eps) + decay' * w), with decay' = lr * decay / step: the decoupled
-            # decay lr * decay * w, as the bias correction is folded into step
-            decay = lr * self.decay[i] / step if self.decay[i] else ops.zeros((), ms.float32)
-            done = self.update(weights[i], self.m[i], self.v[i], step, self.b1, self.b2, self.eps, decay,
-                               grads[i] * scale)
-            if self.master_weights:  # (the kernel's outputs are not the updated tensors on CPU: read the master)
-                ops.assign(self.params[i], ops.depend(weights[i], done).astype(self.params[i].dtype))
-            ops.assign(self.acc[i], ops.zeros_like(self.acc[i]))
-        for k in range(len(self.relative)):
-            i = self.relative[k]
-            ops.assign(weights[i], self._row_relative(before[k], weights[i]))
-            if self.master_weights:
-                ops.assign(self.params[i], weights[i].astype(self.params[i].dtype))
-        return norm
+        relative = tuple(weights[i] for i in self.relative)
+        before = self.map(_copy, relative) if relative else ()
+        # w -= step * (m / (sqrt(v) + eps) + decay' * w), with decay' = lr * decay / step: the decoupled decay
+        # lr * decay * w, as the bias correction is folded into step
+        done = self.map(ops.partial(_update, self.update, self.b1, self.b2, self.eps, step, lr, scale), self.decay,
+                        weights, self.m, self.v, self.acc, grads)
+        if relative:
+            done = self.map(_row_relative, ops.depend(before, done), relative)
+        if self.master_weights:  # (the kernel's outputs are not the updated tensors on CPU: read the master)
+            done = self.map(_cast_into, self.params, ops.depend(weights, done))
+        return ops.depend(norm, done)
 
-    @staticmethod
-    def _row_relative(before, after):
-        """``before`` plus the step to ``after``, each row's step scaled by min(1, its RMS / the matrix's RMS)
-        (rows of an all-zero matrix: 1)."""
-        rows = ops.sqrt((before * before).mean(axis=1, keep_dims=True))
-        whole = ops.sqrt((before * before).mean())
-        ratio = rows / mint.maximum(whole, ops.ones_like(whole) * 1e-30)
-        scale = mint.where(rows >= whole, ops.ones_like(rows), ratio)
-        return before + scale * (after - before)
+
+_add_into = ops.MultitypeFuncGraph("add_into")
+_divide = ops.MultitypeFuncGraph("divide")
+_weighted_square = ops.MultitypeFuncGraph("weighted_square")
+_copy = ops.MultitypeFuncGraph("copy")
+_update = ops.MultitypeFuncGraph("adamw_update")
+_row_relative = ops.MultitypeFuncGraph("row_relative")
+_cast_into = ops.MultitypeFuncGraph("cast_into")
+
+
+@_add_into.register("Tensor", "Tensor")
+def _(acc, g):
+    return ops.assign_add(acc, g.astype(ms.float32))
+
+
+@_divide.register("Tensor", "Tensor")
+def _(n, acc):
+    return acc / n
+
+
+@_weighted_square.register("Number", "Tensor")
+def _(w, g):
+    return w * (g * g).sum()
+
+
+@_copy.register("Tensor")
+def _(w):
+    return w * 1.0
+
+
+@_update.register("Function", "Number", "Number", "Number", "Tensor", "Tensor", "Tensor", "Number", "Tensor", "Tensor",
+                  "Tensor", "Tensor", "Tensor")
+def _(update, b1, b2, eps, step, lr, scale, decay, w, m, v, acc, grad):
+    """One tensor's AdamW step (one kernel: m, v and w in place), then its accumulator cleared."""
+    done = update(w, m, v, step, b1, b2, eps, lr * decay / step, grad * scale)
+    return ops.assign(acc, ops.depend(ops.zeros_like(acc), done))
+
+
+@_row_relative.register("Tensor", "Tensor")
+def _(before, w):
+    """w set to ``before`` plus its step, each row's step scaled by min(1, its RMS / the matrix's RMS) (rows of an
+    all-zero matrix: 1)."""
+    rows = ops.sqrt((before * before).mean(axis=1, keep_dims=True))
+    whole = ops.sqrt((before * before).mean())
+    ratio = rows / mint.maximum(whole, ops.ones_like(whole) * 1e-30)
+    scale = mint.where(rows >= whole, ops.ones_like(rows), ratio)
+    return ops.assign(w, before + scale * (w - before))
+
+
+@_cast_into.register("Tensor", "Tensor")
+def _(p, master):
+    return ops.assign(p, master.astype(p.dtype))
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int, schedule: str = "cosine", min_ratio: float = 0.1) -> float:
