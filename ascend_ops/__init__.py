@@ -9,7 +9,8 @@ Contract (every face implements exactly this):
     j < sink_tokens). ``sink`` [H], when given, is a learnable per-head logit: an extra softmax column whose value
     is zero (it absorbs probability mass). ``kv_len`` (int32 tensor [1], optional) says how many of the stored
     keys are valid, for fixed-capacity caches under graph mode: then Tk = kv_len and later slots are ignored.
-    Returns o [B, H, Tq, Dv] in q's dtype; computed in float32.
+    Returns o [B, H, Tq, Dv] in q's dtype; computed in float32. ``FusedAttention(..., latent=Dv)`` (MLA absorbed:
+    one KV head) takes v None: the values are the keys' first Dv channels.
 
 Faces:
 - ``reference``: plain MindSpore ops, materialises the scores; the oracle in tests.
@@ -147,15 +148,17 @@ class RMSNormOp(nn.Cell):
 
 class FusedAttention(nn.Cell):
     def __init__(self, scale: float, window: int = 0, sink_tokens: int = 0, use_sink: bool = False, face=None,
-                 latent: bool = False):
-        """``latent``: the values are the keys' first Dv channels and there is one KV head (MLA absorbed); a face may
-        use a kernel for that layout (triton: the latent decode kernel for Tq = 1)."""
+                 latent: int = 0):
+        """``latent`` > 0 (MLA absorbed): one KV head whose first ``latent`` channels are also the values; call it
+        with v None. The cpu face reads them in place, triton uses its latent decode kernel for Tq = 1, the other
+        faces slice them off."""
         super().__init__()
         self.scale, self.window, self.sink_tokens = float(scale), int(window), int(sink_tokens)
+        self.latent = int(latent)
         self.face = face or backend()
         if self.face == "cpu":
-            from .cpu_kernel import flash_attention_op, kernel_constants
-            self.op = flash_attention_op()
+            from .cpu_kernel import flash_attention_latent_op, flash_attention_op, kernel_constants
+            self.op = flash_attention_latent_op(self.latent) if self.latent else flash_attention_op()
             self.meta, self.scale_t = kernel_constants(self.scale, self.window, self.sink_tokens, use_sink)
         elif self.face in ("split", "ascend"):
             from .split import CPUBand, SplitAttention
@@ -173,8 +176,13 @@ class FusedAttention(nn.Cell):
         f32 = ms.float32
         s = ops.zeros((q.shape[1],), f32) if sink is None else sink.astype(f32)
         n = ops.full((1,), k.shape[2], dtype=ms.int32) if kv_len is None else kv_len.astype(ms.int32)
+        if self.latent and self.face != "cpu":
+            v = k[..., :self.latent]
         if self.face == "cpu":
-            o, _ = self.op(q.astype(f32), k.astype(f32), v.astype(f32), s, self.meta, self.scale_t, n)
+            if self.latent:
+                o, _ = self.op(q.astype(f32), k.astype(f32), s, self.meta, self.scale_t, n)
+            else:
+                o, _ = self.op(q.astype(f32), k.astype(f32), v.astype(f32), s, self.meta, self.scale_t, n)
         elif self.face == "triton":
             o, _ = self.op(q.astype(f32), k.astype(f32), v.astype(f32), s, n)
         elif self.face in ("split", "ascend"):

@@ -77,6 +77,18 @@ def flash_attention_op():
 
 
 @functools.lru_cache(maxsize=None)
+def flash_attention_latent_op(dv: int):
+    """MLA's absorbed attention, forward only (inference): (q, kv, sink, meta, scale, kv_len) -> (o, lse), the values
+    being kv's first ``dv`` channels, read where they lie in the cache (slicing them off copied the cache's latent
+    part on every decode step)."""
+    def fwd_shape(q, kv, sink, meta, scale, kv_len):
+        return (q[0], q[1], q[2], dv), (q[0], q[1], q[2])
+
+    return ops.Custom(f"{build_library()}:FlashAttentionLatentForward", out_shape=fwd_shape,
+                      out_dtype=(ms.float32, ms.float32), func_type="aot")
+
+
+@functools.lru_cache(maxsize=None)
 def heads_op():
     """(x, cos, sin, meta) -> x with axes 1 and 2 swapped and rotary applied (cpu/heads.cc for meta), with the
     kernel itself as bprop: the time axis swapped and the adjoint flag flipped."""

@@ -50,6 +50,19 @@ def test_kernel_matches_reference(case, rng):
         np.testing.assert_allclose(a.asnumpy(), b_.asnumpy(), atol=5e-5, err_msg=name)
 
 
+@pytest.mark.parametrize("tq", [1, 40])  # a decode step (split-K path), a prefill chunk (tiled path)
+def test_latent_attention_reads_the_values_inside_the_keys(tq, rng):
+    """MLA absorbed on the cpu face: the values are the keys' first 16 of 24 channels, read in place in a partly
+    filled cache, equal to the reference given the sliced values, eager and compiled."""
+    q, k, _, _, _ = tensors(rng, 1, 9, 1, tq, 300, 24, 16)
+    kv_len = ms.Tensor(np.array([290], np.int32))  # two of the split-K path's 256-key chunks
+    want, _ = attention_reference(q, k, k[..., :16], scale=0.3, kv_len=kv_len)
+    cell = FusedAttention(0.3, face="cpu", latent=16)
+    for got in (cell(q, k, None, None, kv_len), ms.jit(cell.construct)(q, k, None, None, kv_len)):
+        assert got.shape == (1, 9, tq, 16)
+        np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), atol=2e-5)
+
+
 def test_kv_len_ignores_unfilled_slots(rng):
     """A fixed-capacity cache: only the first kv_len keys count, whatever the other slots hold."""
     q, k, v, _, _ = tensors(rng, 1, 4, 2, 3, 40, 16, 16)

@@ -111,7 +111,7 @@ def test_the_compile_check_fails_on_a_tile_that_overflows_the_ub():
 
 
 def test_the_triton_face_decodes_absorbed_mla_with_the_latent_kernel(monkeypatch):
-    """FusedAttention(latent=True) on the triton face sends a one-row query against the shared [latent, rope]
+    """FusedAttention(latent=dl) on the triton face sends a one-row query against the shared [latent, rope]
     cache to the latent decode kernel; the result is the contract's (the reference, the cpu face)."""
     from ascend_ops import FusedAttention
     rng = np.random.default_rng(2)
@@ -122,7 +122,7 @@ def test_the_triton_face_decodes_absorbed_mla_with_the_latent_kernel(monkeypatch
     want = attention_reference(q, k, k[..., :dl], None, 0.2, 0, 0, kv_len)[0].asnumpy()
     calls, decode = [], mla_decode.decode
     monkeypatch.setattr(mla_decode, "decode", lambda *a, **kw: calls.append(a[0].shape) or decode(*a, **kw))
-    got = FusedAttention(0.2, face="triton", latent=True)(q, k, k[..., :dl], None, kv_len).asnumpy()
+    got = FusedAttention(0.2, face="triton", latent=dl)(q, k, None, None, kv_len).asnumpy()
     assert calls == [(b, h, dl)]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 

@@ -14,6 +14,8 @@
 //   j <= p  and  (window == 0 or p - j < window or j < sink_tokens).
 // Outputs: o [B, H, Tq, Dv], lse [B, H, Tq] (natural log of the softmax denominator, sink column included).
 // Backward: dq, dk, dv, dsink from (q, k, v, sink, o, lse, do), recomputing the probabilities tile by tile.
+// Latent (MLA absorbed, forward only): no v; the values are the first Dv channels of each key row, Dv given by o's
+// shape, read in place (no copy of the cache's latent part per call).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -92,9 +94,11 @@ void gemm_acc(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, cons
 }
 
 // dst[rows][ld] <- src[n][cols] (row stride cols), zero-padded to rows x ld.
-void copy_pad(const float* src, int64_t n, int64_t cols, int64_t rows, int64_t ld, float* dst) {
+void copy_pad(const float* src, int64_t n, int64_t cols, int64_t rows, int64_t ld, float* dst,
+              int64_t src_ld = 0) {  // src rows src_ld apart (0: cols)
   std::fill(dst, dst + rows * ld, 0.f);
-  for (int64_t r = 0; r < n; ++r) std::memcpy(dst + r * ld, src + r * cols, sizeof(float) * cols);
+  const int64_t stride = src_ld ? src_ld : cols;
+  for (int64_t r = 0; r < n; ++r) std::memcpy(dst + r * ld, src + r * stride, sizeof(float) * cols);
 }
 
 // dst[cols][ld] <- transpose of src[n][cols], zero-padded to ld columns.
@@ -106,6 +110,7 @@ void copy_transpose(const float* src, int64_t n, int64_t cols, int64_t ld, float
 
 struct Dims {
   int64_t B, H, Hk, Tq, Tk, Ts, D, Dv;   // Tk: valid keys (kv_len), Ts: stored keys (buffer length)
+  int64_t Sv;                            // v's row stride: Dv, or D when the values are the keys' first channels
   int window, sink_tokens, use_sink;
   float scale;
   int64_t q_offset() const { return Tk - Tq; }
@@ -156,7 +161,7 @@ void forward(const Dims& d, const float* q, const float* k, const float* v, cons
       for (int64_t k0 = 0; k0 < d.Tk; k0 += kBK)
         copy_transpose(k + (bhk * d.Ts + k0) * d.D, std::min(kBK, d.Tk - k0), d.D, kBK,
                        kt_all.data() + bhk * d.D * Tkp + k0 * d.D);
-      copy_pad(v + bhk * d.Ts * d.Dv, d.Tk, d.Dv, Tkp, Dvp, vp_all.data() + bhk * Tkp * Dvp);
+      copy_pad(v + bhk * d.Ts * d.Sv, d.Tk, d.Dv, Tkp, Dvp, vp_all.data() + bhk * Tkp * Dvp, d.Sv);
     }
     std::vector<float> Qp(kBQ * Dp), S(kBQ * kBK), acc(kBQ * Dvp), m(kBQ), l(kBQ);
 #pragma omp for schedule(dynamic, 1)
@@ -254,7 +259,7 @@ void forward_decode(const Dims& d, const float* q, const float* k, const float* 
       const int64_t b = bhk / d.Hk, p_first = d.q_offset(), p_last = d.Tk - 1;
       if (nk <= 0 || !tile_visible(d, p_first, p_last, k0, k0 + nk)) continue;
       const float* kh = k + (bhk * d.Ts + k0) * d.D;
-      const float* vh = v + (bhk * d.Ts + k0) * d.Dv;
+      const float* vh = v + (bhk * d.Ts + k0) * d.Sv;
       // row r: query head (bhk % Hk) * group + r / Tq of batch b, query index r % Tq
       const float* qh = q + ((b * d.H + bhk % d.Hk * group) * d.Tq) * d.D;
       for (int64_t c = 0; c < nk; ++c)
@@ -282,7 +287,7 @@ void forward_decode(const Dims& d, const float* q, const float* k, const float* 
       for (int64_t c = 0; c < nk; ++c)
         for (int64_t r = 0; r < rows; ++r) {
           const float w = S[r * kKeyChunk + c];
-          if (m[r] != kNegInf && w != 0.f) axpy(w, vh + c * d.Dv, acc + r * d.Dv, d.Dv);
+          if (m[r] != kNegInf && w != 0.f) axpy(w, vh + c * d.Sv, acc + r * d.Dv, d.Dv);
         }
     }
 #pragma omp for
@@ -406,11 +411,13 @@ void backward(const Dims& d, const float* q, const float* k, const float* v, con
   }
 }
 
-Dims read_dims(int64_t** shapes, const void* meta_p, const void* scale_p, const void* kv_len_p) {
+// shapes[0]: q, shapes[1]: k; dv: the values' width, sv: their row stride
+Dims read_dims(int64_t** shapes, int64_t dv, int64_t sv, const void* meta_p, const void* scale_p,
+               const void* kv_len_p) {
   const int32_t* meta = static_cast<const int32_t*>(meta_p);
   Dims d;
   d.B = shapes[0][0]; d.H = shapes[0][1]; d.Tq = shapes[0][2]; d.D = shapes[0][3];
-  d.Hk = shapes[1][1]; d.Ts = shapes[1][2]; d.Dv = shapes[2][3];
+  d.Hk = shapes[1][1]; d.Ts = shapes[1][2]; d.Dv = dv; d.Sv = sv;
   d.Tk = std::min<int64_t>(d.Ts, std::max<int64_t>(d.Tq, *static_cast<const int32_t*>(kv_len_p)));
   d.window = meta[0]; d.sink_tokens = meta[1]; d.use_sink = meta[2];
   d.scale = *static_cast<const float*>(scale_p);
@@ -425,7 +432,7 @@ extern "C" {
 int FlashAttentionForward(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void* stream,
                           void* extra) {
   if (nparam != 9) return 1;
-  const Dims d = read_dims(shapes, params[4], params[5], params[6]);
+  const Dims d = read_dims(shapes, shapes[2][3], shapes[2][3], params[4], params[5], params[6]);
   if (d.H % d.Hk != 0) return 2;
   const auto run = d.H / d.Hk * d.Tq <= kDecodeRows ? forward_decode : forward;  // few rows per kv head: split-K
   run(d, static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
@@ -434,11 +441,24 @@ int FlashAttentionForward(int nparam, void** params, int* ndims, int64_t** shape
   return 0;
 }
 
+// params: q, kv, sink, meta, scale, kv_len | o, lse  (latent: the values are kv's first Dv = o.shape[3] channels)
+int FlashAttentionLatentForward(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                                void* stream, void* extra) {
+  if (nparam != 8) return 1;
+  const Dims d = read_dims(shapes, shapes[6][3], shapes[1][3], params[3], params[4], params[5]);
+  if (d.H % d.Hk != 0 || d.Dv > d.D) return 2;
+  const auto run = d.H / d.Hk * d.Tq <= kDecodeRows ? forward_decode : forward;
+  const float* kv = static_cast<const float*>(params[1]);
+  run(d, static_cast<const float*>(params[0]), kv, kv, static_cast<const float*>(params[2]),
+      static_cast<float*>(params[6]), static_cast<float*>(params[7]));
+  return 0;
+}
+
 // params: q, k, v, sink, meta, scale, kv_len, o, lse, do | dq, dk, dv, dsink
 int FlashAttentionBackward(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void* stream,
                            void* extra) {
   if (nparam != 14) return 1;
-  const Dims d = read_dims(shapes, params[4], params[5], params[6]);
+  const Dims d = read_dims(shapes, shapes[2][3], shapes[2][3], params[4], params[5], params[6]);
   if (d.H % d.Hk != 0) return 2;
   backward(d, static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
            static_cast<const float*>(params[2]), static_cast<const float*>(params[3]),

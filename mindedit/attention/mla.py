@@ -77,7 +77,7 @@ class MLAAttention(nn.Cell):
         self.heads = Heads(rotary=self.rope)  # rotary on the last rope channels of query heads and the latent
         scale = qk ** -0.5
         self.attn = FusedAttention(scale)
-        self.attn_latent = FusedAttention(scale, latent=True)  # absorbed: values = the keys' latent channels
+        self.attn_latent = FusedAttention(scale, latent=self.rank)  # absorbed: values = the keys' latent channels
         self.cache_write = CacheWrite()
 
     # -- pieces shared by both modes -------------------------------------------------------------------
@@ -123,7 +123,7 @@ class MLAAttention(nn.Cell):
         w_uk, w_uv = self.kv_b_weights()
         q_lat = mint.matmul(q[..., :self.nope], w_uk.unsqueeze(0))     # [B, H, T, rank]
         q = mint.cat([q_lat, q[..., self.nope:]], dim=-1)
-        o_lat = self.attn_latent(q, latent, latent[..., :self.rank], None, kv_len)  # [B, H, T, rank]
+        o_lat = self.attn_latent(q, latent, None, None, kv_len)  # [B, H, T, rank]
         return mint.matmul(o_lat, mint.transpose(w_uv, 1, 2).unsqueeze(0))  # [B, H, T, v]
 
     def cache_values(self, context: int) -> int:
