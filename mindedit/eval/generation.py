@@ -15,21 +15,18 @@ from mindedit.utils.progress import Progress
 PREFILL_CHUNK = 512
 
 
-def compiled_step(model, kind: str):
-    """The model's cached step (``next_logits``) for ``kind`` "prefill" (chunks through full caches) or "decode" (one
-    token through the decode caches), jitted once per model and kind and kept on the model (so it lives as long
-    as the model): its graphs are reused by every generation instead of compiled again for each. (One jitted
-    function per kind: MindSpore recompiles a function for a new input shape anyway, and warns that it "has been
-    compiled again".)"""
-    steps = model.__dict__.get("_generation_steps")
-    if steps is None:
-        steps = {}
-        object.__setattr__(model, "_generation_steps", steps)
-    if kind not in steps:
+def compiled_step(model):
+    """The model's cached step (``next_logits``), jitted once per model and kept on it (so it lives as long as the
+    model): its graphs, one per input shape, are reused by every generation instead of compiled again for each.
+    (MindSpore still warns that it "has been compiled again" when a second model's step compiles: the warning is
+    keyed by the function's source line and the jit object's creation, and each model needs graphs of its own.)"""
+    step = model.__dict__.get("_generation_step")
+    if step is None:
         def next_logits(ids, caches, pos, last):  # a plain function: jitting the method itself would leave its
             return model.next_logits(ids, caches, pos, last)  # graph to later graphs of the model (environment.md)
-        steps[kind] = ms.jit(next_logits)
-    return steps[kind]
+        step = ms.jit(next_logits)
+        object.__setattr__(model, "_generation_step", step)
+    return step
 
 
 def prefill(model, ids: np.ndarray, capacity: int, chunk: int = PREFILL_CHUNK):
@@ -40,7 +37,7 @@ def prefill(model, ids: np.ndarray, capacity: int, chunk: int = PREFILL_CHUNK):
     padded = np.zeros((batch, round_up(length, chunk)), np.int32)
     padded[:, :length] = ids
     caches = ms.mutable(model.init_caches(batch, max(capacity, padded.shape[1]), full=True))
-    step = compiled_step(model, "prefill")
+    step = compiled_step(model)
     for s in range(0, padded.shape[1], chunk):
         last = min(length - 1 - s, chunk - 1)
         logits = step(ms.Tensor(padded[:, s:s + chunk]), caches, ms.Tensor([s], ms.int32),
@@ -76,7 +73,7 @@ def greedy_generate(model, prompt_ids, max_new_tokens: int, eos_ids=(), use_cach
     if use_cache:
         capacity = round_up(prompt_len + max_new_tokens, capacity_multiple)
         last, caches = prefill(model, ids, capacity, chunk)
-        step = compiled_step(model, "decode")
+        step = compiled_step(model)
     else:
         last = model(ms.Tensor(ids))[:, -1].asnumpy()
     stamps, kept = [], []
