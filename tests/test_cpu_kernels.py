@@ -20,6 +20,7 @@ CASES = [
     # few query rows per kv head take the split-K path (kernel's kDecodeRows): keys in chunks of 256, merged
     (1, 9, 1, 1, 600, 24, 16, 0, 0, False),     # MLA's absorbed decode: 9 heads on one latent head, Dv < D
     (2, 6, 2, 2, 700, 16, 8, 100, 4, True),     # 2 rows per head; the window leaves whole chunks out but the sinks
+    (1, 8, 1, 3, 301, 20, 16, 0, 0, True),      # 24 rows (the widest lane block), a 45-key last chunk (1 past 4s)
 ]
 
 

@@ -150,6 +150,24 @@ def test_cached_decode_equals_recomputation_past_the_window(teachers, make, rng)
     np.testing.assert_allclose(cached["logits"], full["logits"], rtol=0, atol=1e-4)  # every step, not only argmax
 
 
+
+@pytest.mark.parametrize("make", ["teacher", "mla", "gateswa"])
+def test_generation_graphs_copy_no_weights(hf_models, teachers, make, rng, tmp_path):
+    """MindSpore copies (TensorMove) a Parameter that a graph loads twice with a side effect between the loads: with
+    a tied head that is the whole embedding table on every token. The compiled prefill and decode steps hold none
+    (a view op such as mint.transpose on a weight once made two per MLA decode step)."""
+    model = {"teacher": lambda: from_pretrained(hf_models["qwen3"][1]),  # fresh: its steps compile here
+             "mla": lambda: mla_student(teachers, rng), "gateswa": lambda: gateswa_student(teachers, rng)}[make]()
+    assert model.config.tie_word_embeddings
+    ms.set_context(save_graphs=True, save_graphs_path=str(tmp_path))
+    try:
+        greedy_generate(model, rng.integers(0, 256, (1, 7)), 3)
+    finally:
+        ms.set_context(save_graphs=False)
+    graphs = sorted(tmp_path.glob("hwopt_common_final_graph_*.ir"))
+    assert len(graphs) == 2  # prefill chunk and decode token
+    assert [g.name for g in graphs if "= TensorMove(" in g.read_text()] == []
+
 def test_long_prefill_then_decode_on_a_ring(teachers, rng):
     """A prompt longer than the ring: prefill writes only the last window (plus sinks) into it."""
     student = gateswa_student(teachers, rng)

@@ -60,35 +60,32 @@ inline vf vexp(vf x) {
   return under ? vset(0.f) : res;
 }
 
-// C[M][N] (+)= A[M][K] @ B[K][N], row-major with leading dimensions; M % 4 == 0, N % 16 == 0.
-// A 4 x 16 register block: 8 accumulators, 2 loads of B and 4 broadcasts of A per 8 FMAs.
+// C[M][N] (+)= A[M][K] @ B[K][N], row-major with leading dimensions; M % 4 == 0, N % NB == 0 (NB: 8 or 16).
+// A 4 x NB register block: 4 NB / 8 accumulators, NB / 8 loads of B and 4 broadcasts of A per 4 NB / 8 FMAs.
+// A's element (i, p) is A[i * lda + p * ap] (ap = 1: row-major; ap = lda' of a transposed layout).
 // Accumulate = false overwrites C (no zero-fill pass over C needed).
-template <bool Accumulate = true>
+template <bool Accumulate = true, int NB = 16>
 void gemm_acc(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
-              int64_t ldc) {
+              int64_t ldc, int64_t ap = 1) {
+  constexpr int V = NB / kLanes;
   for (int64_t i = 0; i < M; i += 4) {
-    for (int64_t j = 0; j < N; j += 16) {
+    for (int64_t j = 0; j < N; j += NB) {
       float* c = C + i * ldc + j;
-      const vf z = vset(0.f);
-      vf c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z, c30 = z, c31 = z;
-      if (Accumulate) {
-        c00 = vload(c); c01 = vload(c + 8); c10 = vload(c + ldc); c11 = vload(c + ldc + 8);
-        c20 = vload(c + 2 * ldc); c21 = vload(c + 2 * ldc + 8); c30 = vload(c + 3 * ldc); c31 = vload(c + 3 * ldc + 8);
-      }
+      vf acc[4][V];
+      for (int r = 0; r < 4; ++r)
+        for (int v = 0; v < V; ++v) acc[r][v] = Accumulate ? vload(c + r * ldc + v * kLanes) : vset(0.f);
       const float* a = A + i * lda;
-      for (int64_t p = 0; p < K; ++p) {
-        const vf b0 = vload(B + p * ldb + j), b1 = vload(B + p * ldb + j + 8);
-        vf x = vset(a[p]);
-        c00 += x * b0; c01 += x * b1;
-        x = vset(a[lda + p]);
-        c10 += x * b0; c11 += x * b1;
-        x = vset(a[2 * lda + p]);
-        c20 += x * b0; c21 += x * b1;
-        x = vset(a[3 * lda + p]);
-        c30 += x * b0; c31 += x * b1;
+      const float* b = B + j;
+      for (int64_t p = 0; p < K; ++p, a += ap, b += ldb) {
+        vf bv[V];
+        for (int v = 0; v < V; ++v) bv[v] = vload(b + v * kLanes);
+        for (int r = 0; r < 4; ++r) {
+          const vf x = vset(a[r * lda]);
+          for (int v = 0; v < V; ++v) acc[r][v] += x * bv[v];
+        }
       }
-      vstore(c, c00); vstore(c + 8, c01); vstore(c + ldc, c10); vstore(c + ldc + 8, c11);
-      vstore(c + 2 * ldc, c20); vstore(c + 2 * ldc + 8, c21); vstore(c + 3 * ldc, c30); vstore(c + 3 * ldc + 8, c31);
+      for (int r = 0; r < 4; ++r)
+        for (int v = 0; v < V; ++v) vstore(c + r * ldc + v * kLanes, acc[r][v]);
     }
   }
 }
@@ -225,18 +222,11 @@ void forward(const Dims& d, const float* q, const float* k, const float* v, cons
 // keys and values once, straight from the [Ts, D] rows (no packed copy of the cache, no 32-row tile for one row),
 // and leaves each row's partial softmax (max, sum, unnormalised output); the partials then merge per row, the sink
 // logit as one more partial with no value. Same contract and outputs as forward().
+// Both products are register-blocked GEMMs with the chunk's keys as the long dimension: scores key-major,
+// St[key][row] = K[key][:] . Q[row][:] (the keys' rows broadcast, the rows padded to N = 8, 16 or 32 lanes), so the
+// softmax runs down each lane; then acc[row][:] = sum over keys of St[key][row] V[key][:] reads St transposed.
 constexpr int64_t kDecodeRows = 32;    // group * Tq up to this takes the split-K path
 constexpr int64_t kKeyChunk = 256;
-
-inline float dot(const float* a, const float* b, int64_t n) {
-  vf acc = vset(0.f);
-  int64_t e = 0;
-  for (; e + kLanes <= n; e += kLanes) acc += vload(a + e) * vload(b + e);
-  float s = 0.f;
-  for (int64_t l = 0; l < kLanes; ++l) s += acc[l];
-  for (; e < n; ++e) s += a[e] * b[e];
-  return s;
-}
 
 inline void axpy(float w, const float* x, float* y, int64_t n) {  // y += w x
   int64_t e = 0;
@@ -244,53 +234,71 @@ inline void axpy(float w, const float* x, float* y, int64_t n) {  // y += w x
   for (; e < n; ++e) y[e] += w * x[e];
 }
 
+template <int N>
+void decode_chunk(const Dims& d, const float* qh, const float* kh, const float* vh, int64_t rows, int64_t k0,
+                  int64_t nk, float* Qt, float* Kt, float* St, float* Vp, float* acc, float* m, float* l, float* out) {
+  const int64_t Dvp = round16(d.Dv), r4 = (rows + 3) / 4 * 4, nk4 = nk / 4 * 4;
+  for (int64_t e = 0; e < d.D; ++e)                                 // Qt [D][N]: the scaled rows, zero padding
+    for (int64_t r = 0; r < N; ++r) Qt[e * N + r] = r < rows ? d.scale * qh[r * d.D + e] : 0.f;
+  constexpr int NB = N < 16 ? N : 16;                               // (4 x 32 accumulators would spill)
+  gemm_acc<false, NB>(nk4, N, d.D, kh, d.D, Qt, N, St, N);
+  if (nk4 < nk) {                                                   // the last 1-3 keys through a zero-padded tile
+    copy_pad(kh + nk4 * d.D, nk - nk4, d.D, 4, d.D, Kt);
+    gemm_acc<false, NB>(4, N, d.D, Kt, d.D, Qt, N, St + nk4 * N, N);
+  }
+  const int64_t p_first = d.q_offset();
+  if (!tile_full(d, p_first, d.Tk - 1, k0, k0 + nk))
+    for (int64_t c = 0; c < nk; ++c)
+      for (int64_t r = 0; r < rows; ++r)
+        if (!visible(d, p_first + r % d.Tq, k0 + c)) St[c * N + r] = kNegInf;
+  constexpr int V = N / kLanes;
+  vf mx[V], sum[V], shift[V];
+  for (int v = 0; v < V; ++v) { mx[v] = vset(kNegInf); sum[v] = vset(0.f); }
+  for (int64_t c = 0; c < nk; ++c)
+    for (int v = 0; v < V; ++v) { const vf x = vload(St + c * N + v * kLanes); mx[v] = mx[v] > x ? mx[v] : x; }
+  for (int v = 0; v < V; ++v) shift[v] = mx[v] == vset(kNegInf) ? vset(0.f) : mx[v];  // a row with nothing visible
+  for (int64_t c = 0; c < nk; ++c)                                                      // gets p = 0, not NaN
+    for (int v = 0; v < V; ++v) {
+      const vf p = vexp(vload(St + c * N + v * kLanes) - shift[v]);
+      vstore(St + c * N + v * kLanes, p);
+      sum[v] += p;
+    }
+  for (int64_t r = 0; r < rows; ++r) { m[r] = mx[r / kLanes][r % kLanes]; l[r] = sum[r / kLanes][r % kLanes]; }
+  const float* vb = vh;
+  int64_t ldv = d.Sv;
+  if (d.Dv % 16 != 0) {                                             // values padded to whole 16-lane blocks
+    copy_pad(vh, nk, d.Dv, nk, Dvp, Vp, d.Sv);
+    vb = Vp;
+    ldv = Dvp;
+  }
+  gemm_acc<false, 16>(r4, Dvp, nk, St, 1, vb, ldv, acc, Dvp, N);    // A = St read transposed: (row, key) at key * N
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(out + r * d.Dv, acc + r * Dvp, sizeof(float) * d.Dv);
+}
+
 void forward_decode(const Dims& d, const float* q, const float* k, const float* v, const float* sink, float* o,
                     float* lse) {
-  const int64_t group = d.H / d.Hk, rows = group * d.Tq;
+  const int64_t group = d.H / d.Hk, rows = group * d.Tq, Dvp = round16(d.Dv);
   const int64_t nchunks = std::max<int64_t>(1, (d.Tk + kKeyChunk - 1) / kKeyChunk);
   const int64_t ntasks = d.B * d.Hk * nchunks;
+  const int64_t lanes = rows <= 8 ? 8 : rows <= 16 ? 16 : 32;
+  const auto chunk = lanes == 8 ? decode_chunk<8> : lanes == 16 ? decode_chunk<16> : decode_chunk<32>;
   std::vector<float> part_m(ntasks * rows, kNegInf), part_l(ntasks * rows, 0.f), part_o(ntasks * rows * d.Dv, 0.f);
 #pragma omp parallel
   {
-    std::vector<float> S(rows * kKeyChunk);
+    std::vector<float> Qt(d.D * lanes), Kt(4 * d.D), St(kKeyChunk * lanes), acc(lanes * Dvp);
+    std::vector<float> Vp(d.Dv % 16 ? kKeyChunk * Dvp : 0);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < ntasks; ++task) {
       const int64_t bhk = task / nchunks, k0 = task % nchunks * kKeyChunk, nk = std::min(kKeyChunk, d.Tk - k0);
-      const int64_t b = bhk / d.Hk, p_first = d.q_offset(), p_last = d.Tk - 1;
-      if (nk <= 0 || !tile_visible(d, p_first, p_last, k0, k0 + nk)) continue;
-      const float* kh = k + (bhk * d.Ts + k0) * d.D;
-      const float* vh = v + (bhk * d.Ts + k0) * d.Sv;
+      const int64_t b = bhk / d.Hk;
+      if (nk <= 0 || !tile_visible(d, d.q_offset(), d.Tk - 1, k0, k0 + nk)) continue;
       // row r: query head (bhk % Hk) * group + r / Tq of batch b, query index r % Tq
       const float* qh = q + ((b * d.H + bhk % d.Hk * group) * d.Tq) * d.D;
-      for (int64_t c = 0; c < nk; ++c)
-        for (int64_t r = 0; r < rows; ++r)
-          S[r * kKeyChunk + c] = visible(d, p_first + r % d.Tq, k0 + c)
-                                     ? d.scale * dot(qh + r * d.D, kh + c * d.D, d.D) : kNegInf;
-      float* m = part_m.data() + task * rows;
-      float* l = part_l.data() + task * rows;
-      for (int64_t r = 0; r < rows; ++r) {
-        float* s = S.data() + r * kKeyChunk;
-        for (int64_t c = nk; c < (nk + kLanes - 1) / kLanes * kLanes; ++c) s[c] = kNegInf;
-        float mx = kNegInf;
-        for (int64_t c = 0; c < nk; ++c) mx = std::max(mx, s[c]);
-        m[r] = mx;
-        if (mx == kNegInf) continue;
-        vf sum = vset(0.f);
-        for (int64_t c = 0; c < nk; c += kLanes) {
-          const vf p = vexp(vload(s + c) - vset(mx));
-          vstore(s + c, p);
-          sum += p;
-        }
-        for (int64_t e = 0; e < kLanes; ++e) l[r] += sum[e];
-      }
-      float* acc = part_o.data() + task * rows * d.Dv;
-      for (int64_t c = 0; c < nk; ++c)
-        for (int64_t r = 0; r < rows; ++r) {
-          const float w = S[r * kKeyChunk + c];
-          if (m[r] != kNegInf && w != 0.f) axpy(w, vh + c * d.Sv, acc + r * d.Dv, d.Dv);
-        }
+      chunk(d, qh, k + (bhk * d.Ts + k0) * d.D, v + (bhk * d.Ts + k0) * d.Sv, rows, k0, nk, Qt.data(), Kt.data(),
+            St.data(), Vp.data(), acc.data(), part_m.data() + task * rows, part_l.data() + task * rows,
+            part_o.data() + task * rows * d.Dv);
     }
-#pragma omp for
+    #pragma omp for
     for (int64_t bh = 0; bh < d.B * d.H; ++bh) {  // merge the chunks' partials of each row
       const int64_t b = bh / d.H, h = bh % d.H, r0 = (h % group) * d.Tq;
       const int64_t t0 = (b * d.Hk + h / group) * nchunks;
