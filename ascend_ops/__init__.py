@@ -37,6 +37,12 @@ pos..pos+T-1 in place and returns buf to read through: on the CPU a C++ copy of 
 (cpu/cache_write.cc); every other face ScatterNdUpdate (``cache_write_reference``, the oracle; its CPU kernel
 copies the whole buffer per call).
 
+``LatentAbsorb(nope, v)`` is MLA's weight absorption around the latent attention (decoding: forward only), from
+kv_b_proj's weight w [H * (nope + v), rank] as it lies: ``query(q, w)`` folds each head's key part into its query
+(q [B, H, T, nope + rope] -> [B, H, T, rank + rope], the rotary channels passed through), ``output(o, w)`` applies
+the value part (o [B, H, T, rank] -> [B, H, T, v]). Faces: ``cpu``: one C++ pass each (cpu/latent_absorb.cc);
+every other face: plain ops (``absorb_query_reference``, ``absorb_output_reference``: the oracles).
+
 ``RMSNormOp(eps)(x, weight)`` is y = weight * x / rms(x) over the last axis in float32 (x and weight float32):
 one C++ pass forward and one backward on the CPU (cpu/rms_norm.cc); ``None`` from ``RMSNormOp.for_face`` on every
 other face, where mindedit.layers.RMSNorm computes it in plain ops (the oracle).
@@ -66,10 +72,11 @@ import mindspore as ms  # noqa: E402 (after the wait policy)
 from mindspore import mint, nn, ops  # noqa: E402
 
 from .moe import GroupedMatmul, TokenPermute  # noqa: E402
-from .reference import attention_reference, cache_write_reference, heads_reference  # noqa: E402
+from .reference import (absorb_output_reference, absorb_query_reference, attention_reference,  # noqa: E402
+                        cache_write_reference, heads_reference)
 
-__all__ = ["CacheWrite", "FusedAttention", "GroupedMatmul", "Heads", "RMSNormOp", "TokenPermute", "attention_reference",
-           "backend", "cache_write_reference", "heads_reference"]
+__all__ = ["CacheWrite", "FusedAttention", "GroupedMatmul", "Heads", "LatentAbsorb", "RMSNormOp", "TokenPermute",
+           "attention_reference", "backend", "cache_write_reference", "heads_reference"]
 FACES = ("reference", "cpu", "split", "ascend", "triton")
 
 
@@ -126,6 +133,30 @@ class CacheWrite(nn.Cell):
         if not self.kernel or buf.dtype != ms.float32:
             return cache_write_reference(buf, new, pos)
         return ops.depend(buf, self.op(buf, new.astype(ms.float32), pos.astype(ms.int32)))
+
+
+class LatentAbsorb(nn.Cell):
+    def __init__(self, nope: int, v: int, face=None):
+        super().__init__()
+        self.nope, self.v = int(nope), int(v)
+        self.kernel = (face or backend()) == "cpu"
+        if self.kernel:
+            from .cpu_kernel import latent_absorb_ops
+            self.query_op, self.output_op = latent_absorb_ops(self.nope, self.v)
+            self.meta = ms.Tensor([self.nope, self.v], ms.int32)
+
+    def __deepcopy__(self, memo):
+        return self  # stateless (as Heads): a deep-copied attention shares it; its primitives cannot be copied
+
+    def query(self, q, w):
+        if not self.kernel:
+            return absorb_query_reference(q, w, self.nope, self.v)
+        return self.query_op(q.astype(ms.float32), w.astype(ms.float32), self.meta).astype(q.dtype)
+
+    def output(self, o, w):
+        if not self.kernel:
+            return absorb_output_reference(o, w, self.nope, self.v)
+        return self.output_op(o.astype(ms.float32), w.astype(ms.float32), self.meta).astype(o.dtype)
 
 
 class RMSNormOp(nn.Cell):

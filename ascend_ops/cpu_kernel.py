@@ -1,6 +1,7 @@
 """The CPU kernels behind ``ops.Custom`` AOT: the fused attention (cpu/flash_attention.cc), heads to the front and
 back with rotary positions (cpu/heads.cc), RMSNorm (cpu/rms_norm.cc), the in-place cache write
-(cpu/cache_write.cc) and the sparse MoE's grouped matmul (cpu/grouped_matmul.cc).
+(cpu/cache_write.cc), MLA's weight absorption (cpu/latent_absorb.cc) and the sparse MoE's grouped matmul
+(cpu/grouped_matmul.cc).
 
 Each shared library is compiled with the machine's g++ on first use and cached by source hash, so a fresh
 machine needs nothing but g++ and OpenMP (present on every machine kind here).
@@ -134,6 +135,19 @@ def cache_write_op():
     pos..pos+T-1 in place (cpu/cache_write.cc); read buf after it (ops.depend). No gradient: caches are inference."""
     return ops.Custom(f"{build_library('cache_write')}:CacheWrite", out_shape=lambda buf, new, pos: (1,),
                       out_dtype=ms.int32, func_type="aot")
+
+
+@functools.lru_cache(maxsize=None)
+def latent_absorb_ops(nope: int, v: int):
+    """MLA's absorption around the latent attention, forward only (decoding), kv_b_proj.weight w read in place
+    (cpu/latent_absorb.cc), meta = [nope, v] int32: (query: (q [B, H, T, nope + rope], w, meta) -> [B, H, T, rank +
+    rope], output: (o [B, H, T, rank], w, meta) -> [B, H, T, v])."""
+    lib = str(build_library("latent_absorb"))
+    query = ops.Custom(f"{lib}:AbsorbQuery", out_shape=lambda q, w, m: (q[0], q[1], q[2], w[1] + q[3] - nope),
+                       out_dtype=ms.float32, func_type="aot")
+    output = ops.Custom(f"{lib}:AbsorbOutput", out_shape=lambda o, w, m: (o[0], o[1], o[2], v),
+                        out_dtype=ms.float32, func_type="aot")
+    return query, output
 
 
 def kernel_constants(scale: float, window: int, sink_tokens: int, use_sink: bool):

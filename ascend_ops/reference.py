@@ -71,3 +71,18 @@ def cache_write_reference(buf, new, pos):
                         mint.broadcast_to(ops.arange(0, h).astype(ms.int32).reshape(1, h, 1), shape),
                         mint.broadcast_to(slot.reshape(1, 1, t), shape)], -1)
     return ops.scatter_nd_update(buf, index, new)
+
+
+def absorb_query_reference(q, w, nope: int, v: int):
+    """q [B, H, T, nope + rope] -> [B, H, T, rank + rope]: the key part folded into the queries (q_nope W_uk per
+    head), the rotary channels passed through."""
+    w_uk = w.reshape(-1, nope + v, w.shape[1])[:, :nope]
+    return mint.cat([mint.matmul(q[..., :nope], w_uk.unsqueeze(0)), q[..., nope:]], dim=-1)
+
+
+def absorb_output_reference(o, w, nope: int, v: int):
+    """o [B, H, T, rank] -> [B, H, T, v]: the value part applied to the latent output (o W_uv^T per head).
+    ops.transpose, not mint.transpose: the latter is a view op with a memory side effect, after which MindSpore loads
+    every later-read Parameter again and copies any loaded twice (a tied embedding: 113 MB per SmolLM2 step)."""
+    w_uv = w.reshape(-1, nope + v, w.shape[1])[:, nope:]
+    return mint.matmul(o, ops.transpose(w_uv, (0, 2, 1)).unsqueeze(0))

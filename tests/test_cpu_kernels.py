@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import mindspore as ms
 
-from ascend_ops import CacheWrite, FusedAttention, Heads
+from ascend_ops import CacheWrite, FusedAttention, Heads, LatentAbsorb
 from mindedit.layers import RMSNorm
 from ascend_ops.cpu_kernel import attention_cpu
-from ascend_ops.reference import attention_reference
+from ascend_ops.reference import absorb_output_reference, absorb_query_reference, attention_reference
 
 CASES = [
     # B, H, Hk, Tq, Tk, D, Dv, window, sink_tokens, sink_logit
@@ -63,6 +63,22 @@ def test_latent_attention_reads_the_values_inside_the_keys(tq, rng):
         assert got.shape == (1, 9, tq, 16)
         np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), atol=2e-5)
 
+
+
+@pytest.mark.parametrize("t", [1, 5])
+def test_latent_absorb_matches_reference(t, rng):
+    """MLA's absorption from kv_b_proj's weight as it lies ([H * (nope + v), rank]; widths off the 8-lane grid),
+    eager and compiled: the queries' key part folded in (rotary channels passed through), the value part applied."""
+    h, nope, rope, v, rank = 3, 12, 4, 6, 10
+    t_ = lambda *s: ms.Tensor(rng.standard_normal(s).astype(np.float32))  # noqa: E731
+    q, o, w = t_(2, h, t, nope + rope), t_(2, h, t, rank), t_(h * (nope + v), rank)
+    cell = LatentAbsorb(nope, v, face="cpu")
+    want_q, want_o = absorb_query_reference(q, w, nope, v), absorb_output_reference(o, w, nope, v)
+    for query, output in ((cell.query, cell.output), (ms.jit(cell.query), ms.jit(cell.output))):
+        got_q, got_o = query(q, w), output(o, w)
+        assert got_q.shape == (2, h, t, rank + rope) and got_o.shape == (2, h, t, v)
+        np.testing.assert_allclose(got_q.asnumpy(), want_q.asnumpy(), atol=1e-5)
+        np.testing.assert_allclose(got_o.asnumpy(), want_o.asnumpy(), atol=1e-5)
 
 def test_kv_len_ignores_unfilled_slots(rng):
     """A fixed-capacity cache: only the first kv_len keys count, whatever the other slots hold."""

@@ -24,7 +24,7 @@ The latent norms use DeepSeek-V3's epsilon (1e-6) whatever the source's.
 import mindspore as ms
 from mindspore import Parameter, mint, nn, ops
 
-from ascend_ops import CacheWrite, FusedAttention, Heads
+from ascend_ops import CacheWrite, FusedAttention, Heads, LatentAbsorb
 from mindedit.layers import RMSNorm, linear, rotary_cos_sin, standard_inv_freq
 
 LATENT_NORM_EPS = 1e-6  # DeepSeek-V3's kv_a_layernorm / q_a_layernorm
@@ -78,6 +78,7 @@ class MLAAttention(nn.Cell):
         scale = qk ** -0.5
         self.attn = FusedAttention(scale)
         self.attn_latent = FusedAttention(scale, latent=self.rank)  # absorbed: values = the keys' latent channels
+        self.absorb = LatentAbsorb(self.nope, self.v_dim)             # kv_b_proj folded in around it
         self.cache_write = CacheWrite()
 
     # -- pieces shared by both modes -------------------------------------------------------------------
@@ -106,11 +107,6 @@ class MLAAttention(nn.Cell):
         b, _, t, _ = o.shape
         return self.o_proj(self.heads.back(o).reshape(b, t, -1))
 
-    def kv_b_weights(self):
-        """kv_b_proj split per head: W_uk [H, nope, rank], W_uv [H, v, rank]."""
-        w = self.kv_b_proj.weight.reshape(-1, self.nope + self.v_dim, self.rank)
-        return w[:, :self.nope], w[:, self.nope:]
-
     # -- the two modes ---------------------------------------------------------------------------------
     def naive(self, q, c, k_pe, kv_len=None):
         b, _, t, _ = c.shape
@@ -119,15 +115,11 @@ class MLAAttention(nn.Cell):
         return self.attn(q, k, kv[..., self.nope:], None, kv_len)
 
     def absorbed(self, q, latent, kv_len=None):
-        """q against latent [B, 1, S, rank + rope] ([c; k_pe], the cache's layout: one shared head, MQA)."""
-        w_uk, w_uv = self.kv_b_weights()
-        q_lat = mint.matmul(q[..., :self.nope], w_uk.unsqueeze(0))     # [B, H, T, rank]
-        q = mint.cat([q_lat, q[..., self.nope:]], dim=-1)
-        o_lat = self.attn_latent(q, latent, None, None, kv_len)  # [B, H, T, rank]
-        # ops.transpose, not mint.transpose: the latter is a view op with a memory side effect, after which MindSpore
-        # loads every later-read Parameter again and copies any loaded twice (the tied embedding: two 113 MB
-        # TensorMoves per SmolLM2 decode step: 130 ms per token with it, 83 without)
-        return mint.matmul(o_lat, ops.transpose(w_uv, (0, 2, 1)).unsqueeze(0))  # [B, H, T, v]
+        """q against latent [B, 1, S, rank + rope] ([c; k_pe], the cache's layout: one shared head, MQA): kv_b_proj's
+        key half folded into the queries, its value half applied to the latent output."""
+        w = self.kv_b_proj.weight
+        o_lat = self.attn_latent(self.absorb.query(q, w), latent, None, None, kv_len)  # [B, H, T, rank]
+        return self.absorb.output(o_lat, w)  # [B, H, T, v]
 
     def cache_values(self, context: int) -> int:
         """Values (not bytes) the latent cache holds at ``context`` tokens: what the KV report counts."""
