@@ -64,7 +64,6 @@ def test_latent_attention_reads_the_values_inside_the_keys(tq, rng):
         np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), atol=2e-5)
 
 
-
 @pytest.mark.parametrize("t", [1, 5])
 def test_latent_absorb_matches_reference(t, rng):
     """MLA's absorption from kv_b_proj's weight as it lies ([H * (nope + v), rank]; widths off the 8-lane grid),
@@ -79,6 +78,7 @@ def test_latent_absorb_matches_reference(t, rng):
         assert got_q.shape == (2, h, t, rank + rope) and got_o.shape == (2, h, t, v)
         np.testing.assert_allclose(got_q.asnumpy(), want_q.asnumpy(), atol=1e-5)
         np.testing.assert_allclose(got_o.asnumpy(), want_o.asnumpy(), atol=1e-5)
+
 
 def test_kv_len_ignores_unfilled_slots(rng):
     """A fixed-capacity cache: only the first kv_len keys count, whatever the other slots hold."""

@@ -150,7 +150,6 @@ def test_cached_decode_equals_recomputation_past_the_window(teachers, make, rng)
     np.testing.assert_allclose(cached["logits"], full["logits"], rtol=0, atol=1e-4)  # every step, not only argmax
 
 
-
 @pytest.mark.parametrize("make", ["teacher", "mla", "gateswa"])
 def test_generation_graphs_copy_no_weights(hf_models, teachers, make, rng, tmp_path):
     """MindSpore copies (TensorMove) a Parameter that a graph loads twice with a side effect between the loads: with
@@ -167,6 +166,7 @@ def test_generation_graphs_copy_no_weights(hf_models, teachers, make, rng, tmp_p
     graphs = sorted(tmp_path.glob("hwopt_common_final_graph_*.ir"))
     assert len(graphs) == 2  # prefill chunk and decode token
     assert [g.name for g in graphs if "= TensorMove(" in g.read_text()] == []
+
 
 def test_long_prefill_then_decode_on_a_ring(teachers, rng):
     """A prompt longer than the ring: prefill writes only the last window (plus sinks) into it."""
