@@ -28,9 +28,11 @@ def _cache_dir() -> Path:
 
 @functools.lru_cache(maxsize=None)
 def build_library(name: str = "flash_attention") -> Path:
-    """Compile cpu/<name>.cc once per source/flags version; the rename makes concurrent builders safe."""
+    """Compile cpu/<name>.cc once per version of its source, the shared headers (cpu/*.h) and the flags; the rename
+    makes concurrent builders safe."""
     source = SOURCES / f"{name}.cc"
-    digest = hashlib.sha256(source.read_bytes() + " ".join(CXXFLAGS).encode()).hexdigest()[:16]
+    headers = b"".join(h.read_bytes() for h in sorted(SOURCES.glob("*.h")))
+    digest = hashlib.sha256(source.read_bytes() + headers + " ".join(CXXFLAGS).encode()).hexdigest()[:16]
     lib = _cache_dir() / f"{name}_{digest}.so"
     if lib.exists():
         return lib

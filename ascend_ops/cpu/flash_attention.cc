@@ -23,19 +23,15 @@
 #include <limits>
 #include <vector>
 
+#include "simd.h"
+
 namespace {
 
-// Portable SIMD through GCC vector extensions: AVX2/AVX-512 on x86 hosts, NEON on the Kunpeng hosts of 910B servers.
-typedef float vf __attribute__((vector_size(32)));
 typedef int32_t vi __attribute__((vector_size(32)));
-constexpr int64_t kLanes = 8;
 constexpr int64_t kBQ = 32;   // query rows per tile (multiple of 4)
 constexpr int64_t kBK = 64;   // keys per tile (multiple of 16)
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-inline vf vload(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
-inline void vstore(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
-inline vf vset(float x) { return vf{x, x, x, x, x, x, x, x}; }
 inline int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
 
 // exp with Cephes' polynomial (relative error ~1e-7); exactly 0 below -87 so masked scores give zero probability.
@@ -228,12 +224,6 @@ void forward(const Dims& d, const float* q, const float* k, const float* v, cons
 constexpr int64_t kDecodeRows = 32;    // group * Tq up to this takes the split-K path
 constexpr int64_t kKeyChunk = 256;
 
-inline void axpy(float w, const float* x, float* y, int64_t n) {  // y += w x
-  int64_t e = 0;
-  for (; e + kLanes <= n; e += kLanes) vstore(y + e, vload(y + e) + vset(w) * vload(x + e));
-  for (; e < n; ++e) y[e] += w * x[e];
-}
-
 template <int N>
 void decode_chunk(const Dims& d, const float* qh, const float* kh, const float* vh, int64_t rows, int64_t k0,
                   int64_t nk, float* Qt, float* Kt, float* St, float* Vp, float* acc, float* m, float* l, float* out) {
@@ -298,7 +288,7 @@ void forward_decode(const Dims& d, const float* q, const float* k, const float* 
             St.data(), Vp.data(), acc.data(), part_m.data() + task * rows, part_l.data() + task * rows,
             part_o.data() + task * rows * d.Dv);
     }
-    #pragma omp for
+#pragma omp for
     for (int64_t bh = 0; bh < d.B * d.H; ++bh) {  // merge the chunks' partials of each row
       const int64_t b = bh / d.H, h = bh % d.H, r0 = (h % group) * d.Tq;
       const int64_t t0 = (b * d.Hk + h / group) * nchunks;

@@ -13,19 +13,9 @@
 #include <cstring>
 #include <vector>
 
+#include "simd.h"
+
 namespace {
-
-typedef float vf __attribute__((vector_size(32)));
-constexpr int64_t kLanes = 8;
-
-inline vf vload(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
-inline void vstore(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
-inline vf vset(float x) { return vf{x, x, x, x, x, x, x, x}; }
-inline float hsum(vf v) {
-  float s = 0.f;
-  for (int i = 0; i < kLanes; ++i) s += v[i];
-  return s;
-}
 
 // y[r][o] = dot(x[r], w[o]) for a block of up to 4 rows and 4 outputs, vectorised along In.
 void dot_block(const float* x, int64_t rows, const float* w, int64_t outs, int64_t in, float* y, int64_t ldy) {
@@ -46,14 +36,6 @@ void dot_block(const float* x, int64_t rows, const float* w, int64_t outs, int64
       for (int64_t t = i; t < in; ++t) s += x[r * in + t] * w[o * in + t];
       y[r * ldy + o] = s;
     }
-}
-
-// out[0:n] += a * src[0:n]
-inline void axpy(float a, const float* src, float* out, int64_t n) {
-  const vf av = vset(a);
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) vstore(out + i, vload(out + i) + av * vload(src + i));
-  for (; i < n; ++i) out[i] += a * src[i];
 }
 
 struct Dims {

@@ -15,30 +15,9 @@
 #include <cstdint>
 #include <cstring>
 
+#include "simd.h"
+
 namespace {
-
-typedef float vf __attribute__((vector_size(32)));
-constexpr int64_t kLanes = 8;
-
-inline vf vload(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
-inline void vstore(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
-
-inline void axpy(float w, const float* x, float* y, int64_t n) {  // y += w x
-  const vf wv = {w, w, w, w, w, w, w, w};
-  int64_t e = 0;
-  for (; e + kLanes <= n; e += kLanes) vstore(y + e, vload(y + e) + wv * vload(x + e));
-  for (; e < n; ++e) y[e] += w * x[e];
-}
-
-inline float dot(const float* a, const float* b, int64_t n) {
-  vf acc = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t e = 0;
-  for (; e + kLanes <= n; e += kLanes) acc += vload(a + e) * vload(b + e);
-  float s = 0.f;
-  for (int64_t l = 0; l < kLanes; ++l) s += acc[l];
-  for (; e < n; ++e) s += a[e] * b[e];
-  return s;
-}
 
 // y[b, h, t, :] = sum over k < K of x[b, h, t, k] M_h[k, :], M_h [K, C] row-major at m + h * ldh
 void per_head_product(const float* x, int64_t B, int64_t H, int64_t T, int64_t ldx, int64_t K, const float* m,
